@@ -10,6 +10,7 @@
  * allocation on the JS heap per call. Errors come back as negative numbers; the
  * TypeScript side (src/native/) turns them into typed errors.
  */
+#define _GNU_SOURCE
 #define NAPI_VERSION 8
 #include <node_api.h>
 #include <lz4.h>
@@ -17,6 +18,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <stdbool.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <errno.h>
 
 /* ---------- CRC-32C ---------- */
 
@@ -299,6 +303,37 @@ static napi_value js_is_all_zero(napi_env env, napi_callback_info info) {
   return r;
 }
 
+/* seekData(fd, offset) / seekHole(fd, offset): lseek SEEK_DATA / SEEK_HOLE.
+ * Returns the offset, -1 for ENXIO (no more data), or -(errno)-1000 on other errors. */
+static napi_value seek_common(napi_env env, napi_callback_info info, int whence) {
+  ARGS(2);
+  int32_t fd;
+  int64_t off;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int64(env, argv[1], &off) != napi_ok) {
+    napi_throw_type_error(env, NULL, "Expected (fd, offset)");
+    return NULL;
+  }
+  off_t r = lseek(fd, (off_t)off, whence);
+  if (r < 0) return make_i64(env, errno == ENXIO ? -1 : -(int64_t)errno - 1000);
+  return make_i64(env, (int64_t)r);
+}
+static napi_value js_seek_data(napi_env env, napi_callback_info info) { return seek_common(env, info, SEEK_DATA); }
+static napi_value js_seek_hole(napi_env env, napi_callback_info info) { return seek_common(env, info, SEEK_HOLE); }
+
+/* punchHole(fd, offset, length): fallocate(PUNCH_HOLE|KEEP_SIZE). 0 or -errno. */
+static napi_value js_punch_hole(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd;
+  int64_t off, len;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int64(env, argv[1], &off) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "Expected (fd, offset, length)");
+    return NULL;
+  }
+  int r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);
+  return make_i64(env, r < 0 ? -(int64_t)errno : 0);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   crc_init();
   napi_property_descriptor props[] = {
@@ -310,6 +345,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"decodeBlocks", NULL, js_decode_blocks, NULL, NULL, NULL, napi_default, NULL},
       {"encodeBlock", NULL, js_encode_block, NULL, NULL, NULL, napi_default, NULL},
       {"isAllZero", NULL, js_is_all_zero, NULL, NULL, NULL, napi_default, NULL},
+      {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_default, NULL},
+      {"seekHole", NULL, js_seek_hole, NULL, NULL, NULL, napi_default, NULL},
+      {"punchHole", NULL, js_punch_hole, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_value v;

@@ -8,7 +8,7 @@
  * @example
  * ```ts
  * try { await openLayer(reader); }
- * catch (e) { if (e instanceof DataCorruptionError) console.error(e.code, e.message); }
+ * catch (e) { if (e instanceof DataCorruptionError) return { failed: e.code }; throw e; }
  * ```
  */
 export abstract class ObdError extends Error {

@@ -36,6 +36,12 @@ export interface NativeBinding {
   /** Compresses one block as upstream does and appends the block CRC when `verify`. */
   encodeBlock(src: Uint8Array, dst: Uint8Array, algo: number, verify: number): number;
   isAllZero(buf: Uint8Array): boolean;
+  /** lseek(SEEK_DATA): next data offset ≥ `offset`, -1 when none (ENXIO), < -1000 on error. */
+  seekData(fd: number, offset: number): number;
+  /** lseek(SEEK_HOLE): next hole offset ≥ `offset`, -1 for ENXIO, < -1000 on error. */
+  seekHole(fd: number, offset: number): number;
+  /** fallocate(PUNCH_HOLE|KEEP_SIZE): 0, or -errno. */
+  punchHole(fd: number, offset: number, length: number): number;
   readonly hardwareCrc: boolean;
 }
 
