@@ -92,7 +92,7 @@ test('decodeZFileHeader() rejects short records, bad magic and 64-bit values abo
   const ok = encodeZFileHeader(emptyZFileHeader({ blockSize: 4096, algo: 1, verify: true }));
   assert.throws(() => decodeZFileHeader(ok.subarray(0, 511)), DataCorruptionError);
   const bad = ok.slice();
-  bad[9] ^= 1;
+  bad[9]! ^= 1;
   assert.equal(hasZFileMagic(bad), false);
   assert.throws(() => decodeZFileHeader(bad), /bad magic/);
   const big = ok.slice();

@@ -168,8 +168,12 @@ export class ZFileWriter implements ByteSink {
     this.#block.set(buf, offset - blockStart);
   }
 
-  /** Writes the last block, the jump table and the trailer (and header rewrite), then closes the sink. */
+  /**
+   * Writes the last block, the jump table and the trailer (and header rewrite), then
+   * closes the sink. A second call does nothing.
+   */
   async close(): Promise<void> {
+    if (this.#closed && !this.#busy) return;
     this.#enter('close');
     this.#closed = true;
     try {
