@@ -7,7 +7,8 @@ import { clampRead, isEvictable } from './blob-reader.ts';
  */
 export class SliceReader implements BlobReader, Evictable {
   readonly #parent: BlobReader;
-  readonly #start: number;
+  /** Where the window starts in the parent. */
+  readonly start: number;
   readonly #ownsParent: boolean;
   readonly size: number;
 
@@ -16,7 +17,7 @@ export class SliceReader implements BlobReader, Evictable {
       throw new RangeError(`Slice [${range.start}, +${range.size}) lies outside a blob of ${parent.size} bytes`);
     }
     this.#parent = parent;
-    this.#start = range.start;
+    this.start = range.start;
     this.size = range.size;
     this.#ownsParent = range.ownsParent ?? true;
   }
@@ -24,11 +25,11 @@ export class SliceReader implements BlobReader, Evictable {
   async readAt(buf: Uint8Array, offset: number): Promise<number> {
     const n = clampRead(this.size, offset, buf.length);
     if (n === 0) return 0;
-    return this.#parent.readAt(buf.subarray(0, n), this.#start + offset);
+    return this.#parent.readAt(buf.subarray(0, n), this.start + offset);
   }
 
   async evict(offset: number, length: number): Promise<void> {
-    if (isEvictable(this.#parent)) await this.#parent.evict(this.#start + offset, length);
+    if (isEvictable(this.#parent)) await this.#parent.evict(this.start + offset, length);
   }
 
   async close(): Promise<void> {

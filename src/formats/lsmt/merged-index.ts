@@ -26,8 +26,10 @@
 import { InvalidArgumentError } from '../../io/errors.ts';
 import type { Segment } from './segment.ts';
 
-/** Most layers a stack may have (lsmt.md §18). */
+/** Most read-only layers a stack may have (lsmt.md §18). */
 export const MAX_STACK_LAYERS = 255;
+/** Most layers one merge takes: tags are 8 bits (255 read-only layers plus an upper). */
+const MAX_MERGE_LAYERS = 256;
 /** Most entries a merged index may have (lsmt.md §10 step 4). */
 export const MAX_MERGED_ENTRIES = 128_000_000;
 
@@ -59,10 +61,12 @@ export class LookupResult {
     this.tag = new Uint8Array(n);
   }
 
+  /** Entries that fit before the arrays must grow. */
   get capacity(): number {
     return this.offset.length;
   }
 
+  /** Empties the result (keeps the arrays). */
   clear(): void {
     this.count = 0;
   }
@@ -273,6 +277,7 @@ function mergeLayers(layers: readonly LayerArrays[], out: ArraysBuilder): void {
  * `offset + length`, trimming the first to `offset` and the last to the range end
  * (lsmt.md §12 steps 2-3). Returns the number appended.
  */
+// eslint-disable-next-line max-params -- hot path: an options object would allocate on every lookup
 function collect(ix: IndexArrays, first: number, offset: number, length: number, out: LookupResult): number {
   const n = ix.count;
   const xOffset = ix.offset;
@@ -322,23 +327,34 @@ function collect(ix: IndexArrays, first: number, offset: number, length: number,
   return k - start;
 }
 
+/** A lookup over one index: appends to `out`, returns the number of entries appended. */
+export type LookupFunction = (offset: number, length: number, out: LookupResult) => number;
+
 /**
- * The baseline lookup: a plain binary search for the first entry whose end is greater
- * than `offset`, then the same collection as {@link MergedIndex.lookup}. Appends to
- * `out`, returns the number of entries appended. Used by the benchmark and as a test
- * oracle.
+ * The baseline lookup over `ix`: a plain binary search for the first entry whose end
+ * is greater than `offset`, then the same collection as {@link MergedIndex.lookup}.
+ * Used by the benchmark and as a test oracle.
+ *
+ * @example
+ * ```ts
+ * const find = binarySearchLookup(index);
+ * find(0, 8, out);
+ * ```
  */
-export function binarySearchLookup(ix: IndexArrays, offset: number, length: number, out: LookupResult): number {
-  if (length <= 0) return 0;
+export function binarySearchLookup(ix: IndexArrays): LookupFunction {
   const end = ix.end;
-  let lo = 0;
-  let hi = ix.count;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if ((end[mid] as number) <= offset) lo = mid + 1;
-    else hi = mid;
-  }
-  return collect(ix, lo, offset, length, out);
+  const n = ix.count;
+  return (offset, length, out) => {
+    if (length <= 0) return 0;
+    let lo = 0;
+    let hi = n;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if ((end[mid] as number) <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    return collect(ix, lo, offset, length, out);
+  };
 }
 
 /**
@@ -406,9 +422,9 @@ export class MergedIndex implements IndexArrays {
    * top (0 = last element of `layers`).
    */
   static build(layers: readonly (readonly Segment[])[]): MergedIndex {
-    if (layers.length > MAX_STACK_LAYERS) {
+    if (layers.length > MAX_MERGE_LAYERS) {
       throw new InvalidArgumentError(
-        `Cannot merge LSMT indexes: ${layers.length} layers given, at most ${MAX_STACK_LAYERS}`,
+        `Cannot merge LSMT indexes: ${layers.length} layers given, at most ${MAX_MERGE_LAYERS}`,
       );
     }
     const topFirst: LayerArrays[] = [];
@@ -459,18 +475,22 @@ export class MergedIndex implements IndexArrays {
     const rel = offset - this.#base;
     let i = 0;
     if (rel >= 0) {
-      const b = Math.floor(rel * this.#scale);
-      if (b >= this.#slots) return 0;
+      const slot = rel * this.#scale;
+      if (slot >= this.#slots) return 0;
+      const b = slot | 0; // below MAX_SLOTS, so the truncation is exact
       const dir = this.#dir;
       let lo = dir[b] as number;
       let hi = dir[b + 1] as number;
-      const end = this.end;
+      // Compare offset + length rather than `end`: the collection reads both arrays anyway,
+      // so the search costs no extra cache lines.
+      const start = this.offset;
+      const len = this.length;
       if (hi - lo <= SCAN_LIMIT) {
-        while (lo < hi && (end[lo] as number) <= offset) lo++;
+        while (lo < hi && (start[lo] as number) + (len[lo] as number) <= offset) lo++;
       } else {
         while (lo < hi) {
           const mid = (lo + hi) >>> 1;
-          if ((end[mid] as number) <= offset) lo = mid + 1;
+          if ((start[mid] as number) + (len[mid] as number) <= offset) lo = mid + 1;
           else hi = mid;
         }
       }
