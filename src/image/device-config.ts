@@ -43,7 +43,13 @@ export interface DeviceConfig {
 
 type Json = Record<string, unknown>;
 
-function field<T>(obj: Json, key: string, kind: 'string' | 'number' | 'boolean', dflt: T, where: string): T {
+interface FieldSpec<T> {
+  kind: 'string' | 'number' | 'boolean';
+  dflt: T;
+  where: string;
+}
+
+function field<T>(obj: Json, key: string, { kind, dflt, where }: FieldSpec<T>): T {
   const v = obj[key];
   if (v === undefined || v === null) return dflt;
   if (typeof v !== kind || (kind === 'number' && !(Number.isSafeInteger(v) && (v as number) >= 0))) {
@@ -81,34 +87,34 @@ export function parseDeviceConfig(text: string, baseDir: string): DeviceConfig {
     const o = object(l, `lowers[${i}]`);
     const w = `lowers[${i}].`;
     return {
-      file: path(field(o, 'file', 'string', '', w)),
-      dir: path(field(o, 'dir', 'string', '', w)),
-      digest: field(o, 'digest', 'string', '', w),
-      size: field(o, 'size', 'number', 0, w),
-      targetFile: path(field(o, 'targetFile', 'string', '', w)),
-      targetDigest: field(o, 'targetDigest', 'string', '', w),
-      gzipIndex: path(field(o, 'gzipIndex', 'string', '', w)),
+      file: path(field(o, 'file', { kind: 'string', dflt: '', where: w })),
+      dir: path(field(o, 'dir', { kind: 'string', dflt: '', where: w })),
+      digest: field(o, 'digest', { kind: 'string', dflt: '', where: w }),
+      size: field(o, 'size', { kind: 'number', dflt: 0, where: w }),
+      targetFile: path(field(o, 'targetFile', { kind: 'string', dflt: '', where: w })),
+      targetDigest: field(o, 'targetDigest', { kind: 'string', dflt: '', where: w }),
+      gzipIndex: path(field(o, 'gzipIndex', { kind: 'string', dflt: '', where: w })),
     };
   });
   let upper: UpperConfig | undefined;
   if (top['upper'] !== undefined && top['upper'] !== null) {
     const o = object(top['upper'], 'upper');
     const u = {
-      index: path(field(o, 'index', 'string', '', 'upper.')),
-      data: path(field(o, 'data', 'string', '', 'upper.')),
-      target: path(field(o, 'target', 'string', '', 'upper.')),
-      gzipIndex: path(field(o, 'gzipIndex', 'string', '', 'upper.')),
+      index: path(field(o, 'index', { kind: 'string', dflt: '', where: 'upper.' })),
+      data: path(field(o, 'data', { kind: 'string', dflt: '', where: 'upper.' })),
+      target: path(field(o, 'target', { kind: 'string', dflt: '', where: 'upper.' })),
+      gzipIndex: path(field(o, 'gzipIndex', { kind: 'string', dflt: '', where: 'upper.' })),
     };
     if (u.index !== '' && u.data !== '') upper = u;
   }
   const download = top['download'];
   return {
-    repoBlobUrl: field(top, 'repoBlobUrl', 'string', '', ''),
+    repoBlobUrl: field(top, 'repoBlobUrl', { kind: 'string', dflt: '', where: '' }),
     lowers,
     upper,
-    resultFile: path(field(top, 'resultFile', 'string', '', '')),
-    accelerationLayer: field(top, 'accelerationLayer', 'boolean', false, ''),
-    recordTracePath: path(field(top, 'recordTracePath', 'string', '', '')),
+    resultFile: path(field(top, 'resultFile', { kind: 'string', dflt: '', where: '' })),
+    accelerationLayer: field(top, 'accelerationLayer', { kind: 'boolean', dflt: false, where: '' }),
+    recordTracePath: path(field(top, 'recordTracePath', { kind: 'string', dflt: '', where: '' })),
     download: download === undefined ? undefined : object(download, 'download'),
   };
 }
