@@ -86,7 +86,7 @@ export async function openDevice(cfg: DeviceConfig, options: OpenDeviceOptions =
   }
   let upper: WritableLayer | undefined;
   try {
-    if (cfg.upper !== undefined) upper = await openWritableLayer({ data: cfg.upper.data, index: cfg.upper.index });
+    if (cfg.upper !== undefined) upper = await openWritableLayer({ data: cfg.upper.data, index: cfg.upper.index, rwTag: cfg.lowers.length });
     return await LsmtStack.create({ lowers: lowers as ReadOnlyLayer[], ...(upper ? { upper } : {}) });
   } catch (e) {
     await closeAll([...lowers, upper]);

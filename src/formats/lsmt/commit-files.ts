@@ -5,7 +5,7 @@
 import { openFileReader } from '../../io/file-reader.ts';
 import { writeLayerFile, type LayerSinkOptions } from '../layer-files.ts';
 import { openLayerBlob } from '../open-layer-blob.ts';
-import { commitLayer, commitWritableLayer } from './commit.ts';
+import { commitSealedLayer, commitWritableLayer } from './commit.ts';
 import { openRoLayer } from './ro-layer.ts';
 import { openWritableLayer } from './writable-layer.ts';
 
@@ -28,7 +28,7 @@ function commitHeader(o: CommitFileOptions): { uuid?: string; parentUuid?: strin
 
 /** Commits the writable layer `DATA`+`INDEX` into `out`. */
 export async function commitFile(layer: { data: string; index: string }, out: string, options: CommitFileOptions): Promise<void> {
-  const rw = await openWritableLayer(layer);
+  const rw = await openWritableLayer({ ...layer, readOnly: true });
   try {
     await writeLayerFile(out, options, (sink) => commitWritableLayer(rw, sink, commitHeader(options)));
   } finally {
@@ -41,17 +41,7 @@ export async function commitSealedFile(sealed: string, out: string, options: Com
   const { reader } = await openLayerBlob(await openFileReader(sealed));
   try {
     const ro = await openRoLayer(reader, { what: sealed });
-    const h = commitHeader(options);
-    await writeLayerFile(out, options, (sink) =>
-      commitLayer(
-        {
-          segments: [...ro.segments],
-          sources: [ro.blob],
-          header: { virtualSize: ro.header.virtualSize, parentUuid: ro.header.parentUuid, ...h },
-        },
-        sink,
-      ),
-    );
+    await writeLayerFile(out, options, (sink) => commitSealedLayer(ro, sink, commitHeader(options)));
   } finally {
     await reader.close();
   }
