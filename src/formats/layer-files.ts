@@ -9,7 +9,6 @@ import type { ByteSink } from '../io/byte-sink.ts';
 import { FileSink } from '../io/file-sink.ts';
 import { openFileReader } from '../io/file-reader.ts';
 import { FailedPreconditionError } from '../io/errors.ts';
-import { ZFileReader } from './zfile/reader.ts';
 import { ZFileWriter } from './zfile/writer.ts';
 import { TarWrapSink } from './tar/wrapper.ts';
 import { openLayerBlob } from './open-layer-blob.ts';

@@ -44,6 +44,7 @@ export function isEvictable(r: unknown): r is Evictable {
  * Reads exactly `buf.length` bytes at `offset`, or throws a `DataCorruptionError`
  * naming `what` when the blob ends first.
  */
+// eslint-disable-next-line max-params -- the label is optional context for the error message
 export async function readFully(r: BlobReader, buf: Uint8Array, offset: number, what = 'blob'): Promise<void> {
   let done = 0;
   while (done < buf.length) {
@@ -58,6 +59,7 @@ export async function readFully(r: BlobReader, buf: Uint8Array, offset: number, 
 }
 
 /** Allocates and reads `length` bytes at `offset` (see {@link readFully}). */
+// eslint-disable-next-line max-params -- the label is optional context for the error message
 export async function readBytes(r: BlobReader, offset: number, length: number, what = 'blob'): Promise<Uint8Array> {
   const buf = new Uint8Array(length);
   await readFully(r, buf, offset, what);

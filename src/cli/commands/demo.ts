@@ -76,9 +76,9 @@ function apply(model: Uint8Array, ops: Op[]): void {
   }
 }
 
-async function buildLayer(dir: string, name: string, ops: Op[], parentUuid?: string): Promise<string> {
-  const data = join(dir, `${name}.data`);
-  const index = join(dir, `${name}.index`);
+async function buildLayer(name: string, ops: Op[], parentUuid?: string): Promise<void> {
+  const data = `${name}.data`;
+  const index = `${name}.index`;
   const layer = await createWritableLayer({ data, index, virtualSize: 1 << 30, ...(parentUuid ? { parentUuid } : {}) });
   try {
     for (const op of ops) {
@@ -89,7 +89,6 @@ async function buildLayer(dir: string, name: string, ops: Op[], parentUuid?: str
   } finally {
     await layer.close();
   }
-  return data;
 }
 
 async function hashFile(path: string, length: number): Promise<string> {
@@ -125,7 +124,7 @@ export const demoCommand: Command = {
       apply(model, LAYER1);
       const u1 = '00000000-0000-4000-8000-00000000d001';
       const u2 = '00000000-0000-4000-8000-00000000d002';
-      await buildLayer(dir, 'layer1', LAYER1);
+      await buildLayer(join(dir, 'layer1'), LAYER1);
       const l1 = join(dir, 'layer1.tar');
       await commitFile({ data: join(dir, 'layer1.data'), index: join(dir, 'layer1.index') }, l1, {
         zfile: { algorithm: 'lz4', blockSize: 4096, verify: true, rewriteHeader: true },
@@ -136,7 +135,7 @@ export const demoCommand: Command = {
       step(`layer 1: 12 MiB written, 1 MiB trimmed, committed as tar(ZFile lz4) → ${l1}`);
 
       apply(model, LAYER2);
-      await buildLayer(dir, 'layer2', LAYER2, u1);
+      await buildLayer(join(dir, 'layer2'), LAYER2, u1);
       const l2 = join(dir, 'layer2.tar');
       await commitFile({ data: join(dir, 'layer2.data'), index: join(dir, 'layer2.index') }, l2, {
         zfile: { algorithm: 'zstd', blockSize: 16384, verify: true, rewriteHeader: true },
