@@ -99,10 +99,10 @@ export function mutate(seed: Uint8Array, rng: Rng): { bytes: Uint8Array; what: s
       bytes = out;
       what.push(`ins${n}@${at}`);
     } else if (op === 4) {
-      const n = 1 + rng.below(16);
-      const out = new Uint8Array(Math.max(0, bytes.length - n));
+      const n = Math.min(1 + rng.below(16), bytes.length - at);
+      const out = new Uint8Array(bytes.length - n);
       out.set(bytes.subarray(0, at));
-      out.set(bytes.subarray(Math.min(bytes.length, at + n)), at);
+      out.set(bytes.subarray(at + n), at);
       bytes = out;
       what.push(`del${n}@${at}`);
     } else {
