@@ -92,6 +92,21 @@ export async function compressFile(
   }
 }
 
+/**
+ * `overlaybd-zfile DST` (input on a stream): compress whatever `input` yields. Short
+ * reads from a pipe are buffered into whole blocks by the writer, so no short middle
+ * block is ever written (upstream hazard, zfile.md §5.5).
+ */
+export async function compressStream(
+  input: AsyncIterable<Uint8Array>,
+  dst: string,
+  options: ZFileSinkOptions & { tar?: boolean; overwrite?: boolean },
+): Promise<void> {
+  await writeLayerFile(dst, { zfile: options, tar: options.tar ?? false, overwrite: options.overwrite ?? false }, async (sink) => {
+    for await (const chunk of input) await sink.write(chunk);
+  });
+}
+
 /** `overlaybd-zfile -x SRC DST`: decode a (possibly tar-wrapped) ZFile to a plain file. */
 export async function decompressFile(src: string, dst: string, options: { overwrite?: boolean } = {}): Promise<void> {
   const opened = await openLayerBlob(await openFileReader(src));

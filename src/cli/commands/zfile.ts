@@ -1,9 +1,9 @@
 import type { Command } from '../command.ts';
 import { parse, flag, ZFILE_OPTIONS, zfileOptions } from '../args.ts';
-import { compressFile, decompressFile, verifyZFile } from '../../formats/layer-files.ts';
+import { compressFile, compressStream, decompressFile, verifyZFile } from '../../formats/layer-files.ts';
 import { InvalidArgumentError } from '../../io/errors.ts';
 
-const usage = 'obd zfile SRC DST [-x] [-t] [--algorithm lz4|zstd] [--bs KiB] [-f] [--no-verify] | obd zfile --verify SRC';
+const usage = 'obd zfile [SRC] DST [-x] [-t] [--algorithm lz4|zstd] [--bs KiB] [-f] [--no-verify] | obd zfile --verify SRC';
 
 export const zfileCommand: Command = {
   name: 'zfile',
@@ -30,16 +30,17 @@ export const zfileCommand: Command = {
       io.out(`${src}: ${r.blocks} blocks verified\n`);
       return;
     }
-    if (dst === undefined) throw new InvalidArgumentError(`Missing DST\nusage: ${usage}`);
+    const options = { ...zfileOptions(p), verify: !flag(p, 'no-verify'), tar: flag(p, 'tar'), overwrite: flag(p, 'force') };
+    if (dst === undefined) {
+      // Upstream form `overlaybd-zfile DST`: compress standard input.
+      if (flag(p, 'extract')) throw new InvalidArgumentError(`-x needs SRC and DST\nusage: ${usage}`);
+      await compressStream(io.stdin(), src, options);
+      return;
+    }
     if (flag(p, 'extract')) {
       await decompressFile(src, dst, { overwrite: flag(p, 'force') });
       return;
     }
-    await compressFile(src, dst, {
-      ...zfileOptions(p),
-      verify: !flag(p, 'no-verify'),
-      tar: flag(p, 'tar'),
-      overwrite: flag(p, 'force'),
-    });
+    await compressFile(src, dst, options);
   },
 };
