@@ -9,6 +9,7 @@ const EXIT_CODES: Record<string, number> = {
   ERR_FAILED_PRECONDITION: 6,
   ERR_UNAVAILABLE: 7,
   ERR_UNSUPPORTED: 8,
+  ERR_PERMISSION_DENIED: 9,
 };
 
 export function exitCodeOf(e: unknown): number {

@@ -39,6 +39,11 @@ export class FailedPreconditionError extends ObdError {
   readonly code = 'ERR_FAILED_PRECONDITION';
 }
 
+/** The caller is not allowed: bad or missing credentials (registry 401/403). */
+export class PermissionDeniedError extends ObdError {
+  readonly code = 'ERR_PERMISSION_DENIED';
+}
+
 /** A temporary failure (network, registry); retrying may succeed. */
 export class UnavailableError extends ObdError {
   readonly code = 'ERR_UNAVAILABLE';
@@ -60,6 +65,7 @@ export type ObdErrorCode =
   | InvalidArgumentError['code']
   | FailedPreconditionError['code']
   | UnavailableError['code']
+  | PermissionDeniedError['code']
   | DataCorruptionError['code']
   | UnsupportedError['code'];
 

@@ -40,10 +40,8 @@ import type { HttpRequest, HttpResponse } from './transport.ts';
 /** Error bodies are read up to this many bytes. */
 export const MAX_ERROR_BODY = 64 * 1024;
 
-/** The caller lacks the rights (401/403): wrong or missing credentials, or a denied scope. */
-export class PermissionDeniedError extends ObdError {
-  readonly code = 'ERR_PERMISSION_DENIED';
-}
+import { PermissionDeniedError } from '../io/errors.ts';
+export { PermissionDeniedError };
 
 /** One entry of a distribution-spec error body: `{"errors":[{code,message,detail}]}`. */
 export interface RegistryErrorEntry {
