@@ -15,6 +15,8 @@ import { mergeCommand } from './commands/merge.ts';
 import { exportCommand } from './commands/export.ts';
 import { infoCommand } from './commands/info.ts';
 import { demoCommand } from './commands/demo.ts';
+import { pushCommand } from './commands/push.ts';
+import { configCommand } from './commands/config.ts';
 
 export const COMMANDS: readonly Command[] = [
   demoCommand,
@@ -26,6 +28,8 @@ export const COMMANDS: readonly Command[] = [
   mergeCommand,
   exportCommand,
   infoCommand,
+  pushCommand,
+  configCommand,
 ];
 
 function help(): string {

@@ -1,10 +1,10 @@
 import type { Command } from '../command.ts';
 import { parse, flag, str, ZFILE_OPTIONS, zfileOptions } from '../args.ts';
-import { readDeviceConfig } from '../../image/device-config.ts';
-import { openDevice } from '../../device/open-device.ts';
+import { REMOTE_OPTIONS, plainHttpHosts, remoteAccess } from '../remote-options.ts';
+import { openTarget } from '../../device/open-target.ts';
 import { mergeStackToFile } from '../../device/merge-stack.ts';
 
-const usage = 'obd merge CONFIG OUT [--no-compress|--compress=false] [-t] [--algorithm lz4|zstd] [--bs KiB] [-f]';
+const usage = 'obd merge CONFIG|IMAGE OUT [--no-compress|--compress=false] [-t] [--algorithm lz4|zstd] [--bs KiB] [-f]';
 
 export const mergeCommand: Command = {
   name: 'merge',
@@ -15,6 +15,7 @@ export const mergeCommand: Command = {
     const args = argv.map((a) => (a === '--compress=false' ? '--no-compress' : a === '--compress=true' ? '--compress' : a));
     const p = parse(args, {
       options: {
+        ...REMOTE_OPTIONS,
         ...ZFILE_OPTIONS,
         compress: { type: 'boolean' },
         'no-compress': { type: 'boolean' },
@@ -28,15 +29,20 @@ export const mergeCommand: Command = {
     });
     const [config, out] = p.positionals as [string, string];
     const z = zfileOptions(p);
-    const stack = await openDevice(await readDeviceConfig(config));
+    const access = remoteAccess(p);
+    const opened = await openTarget(config, { access, plainHttp: plainHttpHosts(p) }).catch(async (e: unknown) => {
+      await access.close();
+      throw e;
+    });
     try {
-      await mergeStackToFile(stack, out, {
+      await mergeStackToFile(opened.device, out, {
         zfile: flag(p, 'no-compress') ? undefined : { ...z, verify: true, rewriteHeader: false },
         tar: flag(p, 'tar'),
         overwrite: flag(p, 'force') || str(p, 'force') !== undefined,
       });
     } finally {
-      await stack.close();
+      await opened.close();
+      await access.close();
     }
   },
 };

@@ -1,0 +1,146 @@
+/**
+ * Remote layer access for devices: one registry client per process, one on-disk cache,
+ * and per remote lower the reader chain
+ * `registry range source → RemoteBlobReader (parallel, coalescing) → CachedBlobReader
+ * (persistent, optional) → SwitchableBlobReader (background download, optional)`.
+ * `opener()` plugs into `openDevice` for lowers given by `repoBlobUrl` + `digest`.
+ */
+import type { BlobReader } from '../io/blob-reader.ts';
+import { InvalidArgumentError } from '../io/errors.ts';
+import { RegistryClient, type RegistryClientOptions } from '../registry/client.ts';
+import { createBlobRangeSource } from '../registry/blob-range-source.ts';
+import { RemoteBlobReader, type RemoteBlobReaderOptions } from '../registry/remote-blob-reader.ts';
+import type { CredentialProvider } from '../registry/credentials.ts';
+import { BlockCache } from '../cache/block-cache.ts';
+import { CachedBlobReader } from '../cache/cached-blob-reader.ts';
+import { SwitchableBlobReader } from '../cache/switchable-blob-reader.ts';
+import { BackgroundDownload } from '../cache/background-download.ts';
+
+export interface RemoteAccessOptions {
+  credentials?: CredentialProvider;
+  /** Hosts reached over plain HTTP (hosts of `http://` blob URLs are added automatically). */
+  plainHttp?: string[];
+  /** Hosts whose TLS certificate is not verified. */
+  insecure?: string[];
+  mirrors?: Record<string, string[]>;
+  p2pProxy?: string;
+  /** Persistent cache directory; no persistent cache when absent. */
+  cacheDir?: string;
+  cacheSizeBytes?: number;
+  reader?: RemoteBlobReaderOptions;
+  /** Background download (runtime.md §7) for lowers that have a `dir`. */
+  download?: { enable: boolean; delay?: number; delayExtra?: number; maxMBps?: number; tryCnt?: number; blockSize?: number };
+  userAgent?: string;
+}
+
+/** Where a blob lives, as a device config names it. */
+export interface RemoteBlobLocation {
+  /** `<scheme>://<host>/v2/<repo>/blobs` */
+  repoBlobUrl: string;
+  digest: string;
+  size: number;
+  /** Layer directory: background-download target. */
+  dir?: string;
+}
+
+/** Splits a `repoBlobUrl` into scheme, registry host and repository. */
+export function parseRepoBlobUrl(url: string): { scheme: 'http' | 'https'; registry: string; repository: string } {
+  const m = /^(https?):\/\/([^/]+)\/v2\/(.+?)\/blobs\/?$/.exec(url);
+  if (m === null) throw new InvalidArgumentError(`Invalid repoBlobUrl '${url}': expected <scheme>://<host>/v2/<repo>/blobs`);
+  return { scheme: m[1] as 'http' | 'https', registry: m[2] as string, repository: m[3] as string };
+}
+
+/** Builds a `repoBlobUrl` (snapshotter.md §8.3). */
+export function repoBlobUrl(registry: string, repository: string, plainHttp = false): string {
+  const host = registry === 'docker.io' ? 'registry-1.docker.io' : registry;
+  return `${plainHttp ? 'http' : 'https'}://${host}/v2/${repository}/blobs`;
+}
+
+export class RemoteAccess {
+  readonly #options: RemoteAccessOptions;
+  readonly #clients = new Map<string, RegistryClient>();
+  #cache: Promise<BlockCache> | undefined;
+  readonly #downloads: BackgroundDownload[] = [];
+  readonly #readers: RemoteBlobReader[] = [];
+
+  constructor(options: RemoteAccessOptions = {}) {
+    this.#options = options;
+  }
+
+  /** The registry client for `registry` reached over `scheme`. */
+  client(registry: string, scheme: 'http' | 'https' = 'https'): RegistryClient {
+    const key = `${scheme}://${registry}`;
+    let c = this.#clients.get(key);
+    if (c === undefined) {
+      const o = this.#options;
+      const opts: RegistryClientOptions = {
+        ...(o.credentials ? { credentials: o.credentials } : {}),
+        plainHttp: [...(o.plainHttp ?? []), ...(scheme === 'http' ? [registry] : [])],
+        ...(o.insecure ? { insecure: o.insecure } : {}),
+        ...(o.mirrors ? { mirrors: o.mirrors } : {}),
+        ...(o.p2pProxy ? { p2pProxy: o.p2pProxy } : {}),
+        ...(o.userAgent ? { userAgent: o.userAgent } : {}),
+      };
+      c = new RegistryClient(opts);
+      this.#clients.set(key, c);
+    }
+    return c;
+  }
+
+  async #blockCache(): Promise<BlockCache | undefined> {
+    const dir = this.#options.cacheDir;
+    if (dir === undefined) return undefined;
+    this.#cache ??= BlockCache.open({
+      dir,
+      ...(this.#options.cacheSizeBytes !== undefined ? { capacityBytes: this.#options.cacheSizeBytes } : {}),
+      ...(this.#options.reader?.refillSize !== undefined ? { refillSize: this.#options.reader.refillSize } : {}),
+    });
+    return this.#cache;
+  }
+
+  /** Opens one remote blob as a reader (cached and downloadable per the options). */
+  async openBlob(loc: RemoteBlobLocation): Promise<BlobReader> {
+    const { scheme, registry, repository } = parseRepoBlobUrl(loc.repoBlobUrl);
+    const client = this.client(registry, scheme);
+    const source = createBlobRangeSource(client, { registry, repository }, { digest: loc.digest, size: loc.size });
+    const remote = new RemoteBlobReader(source, { name: loc.digest, ...(this.#options.reader ?? {}) });
+    this.#readers.push(remote);
+    const cache = await this.#blockCache();
+    const cached = cache === undefined ? undefined : await CachedBlobReader.open(cache, remote, { digest: loc.digest });
+    const dl = this.#options.download;
+    if (dl?.enable !== true || loc.dir === undefined || loc.dir === '') return cached ?? remote;
+    const switchable = new SwitchableBlobReader(cached ?? remote);
+    const uncached = new RemoteBlobReader(source, { name: loc.digest, ...(this.#options.reader ?? {}) });
+    this.#downloads.push(
+      BackgroundDownload.start({
+        jobs: [{ dir: loc.dir, digest: loc.digest, source: uncached, ...(cached ? { cached } : {}), target: switchable }],
+        config: dl,
+      }),
+    );
+    return switchable;
+  }
+
+  /** The opener `openDevice` uses for remote lowers. */
+  opener(): (lower: { digest: string; size: number; dir: string }, index: number, url: string) => Promise<BlobReader> {
+    return (lower, _index, url) =>
+      this.openBlob({ repoBlobUrl: url, digest: lower.digest, size: lower.size, ...(lower.dir ? { dir: lower.dir } : {}) });
+  }
+
+  /** Request counters summed over every remote reader opened so far. */
+  stats(): { requests: number; bytesFetched: number } {
+    let requests = 0;
+    let bytesFetched = 0;
+    for (const r of this.#readers) {
+      requests += r.stats.requests;
+      bytesFetched += r.stats.bytesFetched;
+    }
+    return { requests, bytesFetched };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.#downloads.map((d) => d.close()));
+    const cache = await this.#cache?.catch(() => undefined);
+    await cache?.close();
+    await Promise.all([...this.#clients.values()].map((c) => c.close()));
+  }
+}
