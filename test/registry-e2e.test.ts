@@ -62,6 +62,10 @@ for (const mode of ['none', 'basic', 'token'] as RegistryAuthMode[]) {
       assert.match(out, /range requests/);
       assertSameSparseFile(remoteRaw, localRaw);
       rmSync(remoteRaw);
+      const info = await obd('info', ref, ...flags);
+      assert.match(info, /1 layers/);
+      assert.match(info, /uuid 01BB4FCE-3EB1-B56B-05AD-F99504DAFD31/);
+      assert.match(info, /515 valid entries/);
       // pushing again copies nothing
       assert.match(await obd('push', LAYOUT, ref, ...flags), /0 blobs copied/);
     });

@@ -118,3 +118,39 @@ test('a warm cache makes no blob request, also after a process restart', { timeo
     await proxy.close();
   }
 });
+
+test('background download fetches the whole layer, verifies it and switches reads to the local file', { timeout: 120_000 }, async () => {
+  const proxy = await FaultProxy.start({ upstream: `http://${reg.host}` });
+  const access = new RemoteAccess();
+  try {
+    const layerDir = join(dir, 'layer0');
+    const { mkdirSync, readFileSync } = await import('node:fs');
+    const { createHash } = await import('node:crypto');
+    mkdirSync(layerDir, { recursive: true });
+    const cfg = parseDeviceConfig(
+      JSON.stringify({
+        repoBlobUrl: `http://${new URL(proxy.url).host}/v2/obd/hello/blobs`,
+        lowers: [{ digest: DIGEST, size: 642560, dir: layerDir }],
+        download: { enable: true, delay: 0, delayExtra: 1, maxMBps: 0 },
+      }),
+      dir,
+    );
+    const device = await openDevice(cfg, { remote: access.opener(cfg.download) });
+    try {
+      const outcomes = await access.downloadsDone();
+      assert.deepEqual(outcomes.map((o) => o.state), ['committed']);
+      const local = readFileSync(join(layerDir, 'overlaybd.commit'));
+      assert.equal(`sha256:${createHash('sha256').update(local).digest('hex')}`, DIGEST);
+      proxy.resetCounters();
+      const out = join(dir, 'downloaded.raw');
+      await exportRaw(device, out, { overwrite: true });
+      assert.equal(proxy.counters.blobGets, 0, 'reads after the switch went to the registry');
+      assertSameSparseFile(out, localRaw);
+    } finally {
+      await device.close();
+    }
+  } finally {
+    await access.close();
+    await proxy.close();
+  }
+});

@@ -30,7 +30,7 @@ export async function targetDeviceConfig(target: string, options: { access: Remo
 
 export async function openTarget(target: string, options: { access: RemoteAccess; plainHttp?: readonly string[] }): Promise<OpenedTarget> {
   const config = await targetDeviceConfig(target, options);
-  const device = await openDevice(config, { remote: options.access.opener() });
+  const device = await openDevice(config, { remote: options.access.opener(config.download) });
   return {
     device,
     config,

@@ -67,8 +67,13 @@ async function inspectLsmt(inner: BlobReader): Promise<LsmtInfo> {
   }
 }
 
+/** Inspects a local file. */
 export async function inspectBlob(path: string): Promise<BlobInfo> {
-  const raw = await openFileReader(path);
+  return inspectReader(await openFileReader(path), path);
+}
+
+/** Inspects any blob (local or remote); closes `raw`. */
+export async function inspectReader(raw: BlobReader, path: string): Promise<BlobInfo> {
   let top: BlobReader = raw;
   try {
     const payload = await openTarPayload(raw);

@@ -14,7 +14,25 @@ import type { CredentialProvider } from '../registry/credentials.ts';
 import { BlockCache } from '../cache/block-cache.ts';
 import { CachedBlobReader } from '../cache/cached-blob-reader.ts';
 import { SwitchableBlobReader } from '../cache/switchable-blob-reader.ts';
-import { BackgroundDownload } from '../cache/background-download.ts';
+import { BackgroundDownload, type DownloadOutcome } from '../cache/background-download.ts';
+
+type DownloadOptions = NonNullable<RemoteAccessOptions['download']>;
+
+/** Reads upstream's `download` object (runtime.md §3), checking types. */
+function parseDownload(o: Record<string, unknown>): DownloadOptions {
+  const num = (k: string): number | undefined => {
+    const v = o[k];
+    if (v === undefined) return undefined;
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new InvalidArgumentError(`Invalid download.${k}: expected a number`);
+    return v;
+  };
+  const out: DownloadOptions = { enable: o['enable'] === true };
+  for (const k of ['delay', 'delayExtra', 'maxMBps', 'tryCnt', 'blockSize'] as const) {
+    const v = num(k);
+    if (v !== undefined) out[k] = v;
+  }
+  return out;
+}
 
 export interface RemoteAccessOptions {
   credentials?: CredentialProvider;
@@ -98,8 +116,11 @@ export class RemoteAccess {
     return this.#cache;
   }
 
-  /** Opens one remote blob as a reader (cached and downloadable per the options). */
-  async openBlob(loc: RemoteBlobLocation): Promise<BlobReader> {
+  /**
+   * Opens one remote blob as a reader (cached and downloadable per the options; a
+   * device config's own `download` object overrides the access-wide one).
+   */
+  async openBlob(loc: RemoteBlobLocation, download = this.#options.download): Promise<BlobReader> {
     const { scheme, registry, repository } = parseRepoBlobUrl(loc.repoBlobUrl);
     const client = this.client(registry, scheme);
     const source = createBlobRangeSource(client, { registry, repository }, { digest: loc.digest, size: loc.size });
@@ -107,7 +128,7 @@ export class RemoteAccess {
     this.#readers.push(remote);
     const cache = await this.#blockCache();
     const cached = cache === undefined ? undefined : await CachedBlobReader.open(cache, remote, { digest: loc.digest });
-    const dl = this.#options.download;
+    const dl = download;
     if (dl?.enable !== true || loc.dir === undefined || loc.dir === '') return cached ?? remote;
     const switchable = new SwitchableBlobReader(cached ?? remote);
     const uncached = new RemoteBlobReader(source, { name: loc.digest, ...(this.#options.reader ?? {}) });
@@ -120,10 +141,16 @@ export class RemoteAccess {
     return switchable;
   }
 
-  /** The opener `openDevice` uses for remote lowers. */
-  opener(): (lower: { digest: string; size: number; dir: string }, index: number, url: string) => Promise<BlobReader> {
+  /** The opener `openDevice` uses for remote lowers; `download` is the device config's override. */
+  opener(download?: Record<string, unknown>): (lower: { digest: string; size: number; dir: string }, index: number, url: string) => Promise<BlobReader> {
+    const dl = download === undefined ? this.#options.download : parseDownload(download);
     return (lower, _index, url) =>
-      this.openBlob({ repoBlobUrl: url, digest: lower.digest, size: lower.size, ...(lower.dir ? { dir: lower.dir } : {}) });
+      this.openBlob({ repoBlobUrl: url, digest: lower.digest, size: lower.size, ...(lower.dir ? { dir: lower.dir } : {}) }, dl);
+  }
+
+  /** Resolves when every background download started so far has ended. */
+  async downloadsDone(): Promise<DownloadOutcome[]> {
+    return (await Promise.all(this.#downloads.map((d) => d.done))).flat();
   }
 
   /** Request counters summed over every remote reader opened so far. */

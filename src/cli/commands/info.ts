@@ -1,9 +1,14 @@
 import type { Command } from '../command.ts';
 import { parse, flag } from '../args.ts';
-import { inspectBlob, type BlobInfo } from '../../formats/inspect-blob.ts';
+import { stat } from 'node:fs/promises';
+import { inspectBlob, inspectReader, type BlobInfo } from '../../formats/inspect-blob.ts';
+import { REMOTE_OPTIONS, plainHttpHosts, remoteAccess } from '../remote-options.ts';
+import { openImageEndpoint } from '../../image/image-endpoint.ts';
+import { resolveManifest } from '../../image/image-device-config.ts';
+import { isOciLayoutRef } from '../../image/oci-layout.ts';
 import type { HeaderTrailer } from '../../formats/lsmt/header-trailer.ts';
 
-const usage = 'obd info BLOB [--json]';
+const usage = 'obd info BLOB|IMAGE [--json] [--plain-http HOST] ...   (IMAGE: every layer, read remotely)';
 
 function ht(h: HeaderTrailer): Record<string, unknown> {
   return {
@@ -60,8 +65,21 @@ export const infoCommand: Command = {
   summary: 'show the tar wrapper, ZFile and LSMT records and index statistics of a blob',
   usage,
   async run(argv, io) {
-    const p = parse(argv, { options: { json: { type: 'boolean' } }, usage, min: 1, max: 1 });
-    const info = await inspectBlob(p.positionals[0] as string);
-    io.out(flag(p, 'json') ? `${JSON.stringify(toJson(info), null, 2)}\n` : text(info));
+    const p = parse(argv, { options: { ...REMOTE_OPTIONS, json: { type: 'boolean' } }, usage, min: 1, max: 1 });
+    const target = p.positionals[0] as string;
+    const show = (info: BlobInfo): void => io.out(flag(p, 'json') ? `${JSON.stringify(toJson(info), null, 2)}\n` : text(info));
+    if (!isOciLayoutRef(target) && (await stat(target).catch(() => undefined))?.isFile() === true) {
+      show(await inspectBlob(target));
+      return;
+    }
+    const access = remoteAccess(p);
+    try {
+      const endpoint = await openImageEndpoint(target, { access, plainHttp: plainHttpHosts(p) });
+      const { descriptor, manifest } = await resolveManifest(endpoint);
+      if (!flag(p, 'json')) io.out(`${endpoint.name}: manifest ${descriptor.digest}, ${manifest.layers.length} layers\n`);
+      for (const layer of manifest.layers) show(await inspectReader(await endpoint.openBlob(layer), layer.digest));
+    } finally {
+      await access.close();
+    }
   },
 };
