@@ -17,6 +17,9 @@ import { infoCommand } from './commands/info.ts';
 import { demoCommand } from './commands/demo.ts';
 import { pushCommand } from './commands/push.ts';
 import { configCommand } from './commands/config.ts';
+import { attachCommand } from './commands/attach.ts';
+import { mountCommand } from './commands/mount.ts';
+import { umountCommand, detachCommand } from './commands/umount.ts';
 
 export const COMMANDS: readonly Command[] = [
   demoCommand,
@@ -30,6 +33,10 @@ export const COMMANDS: readonly Command[] = [
   infoCommand,
   pushCommand,
   configCommand,
+  attachCommand,
+  detachCommand,
+  mountCommand,
+  umountCommand,
 ];
 
 function help(): string {

@@ -1,0 +1,62 @@
+/**
+ * File-system handling of a device (snapshotter.md §10): the `fstype[;mountopts[;mkfsopts]]`
+ * string, upstream's default mkfs and mount options, EROFS detection, mount and umount.
+ */
+import { readFile } from 'node:fs/promises';
+import type { BlockDevice } from '../io/block-device.ts';
+import { InvalidArgumentError } from '../io/errors.ts';
+import { runCommand } from './run-command.ts';
+
+export interface FsSpec {
+  fstype: string;
+  mountOptions: string[];
+  mkfsOptions: string[];
+}
+
+const DEFAULTS: Record<string, { mkfs: string[]; mount: string[] }> = {
+  ext4: { mkfs: ['-O', '^has_journal,sparse_super,flex_bg', '-G', '1', '-E', 'discard', '-F'], mount: ['discard'] },
+  xfs: { mkfs: ['-f', '-l', 'size=4m', '-m', 'crc=0'], mount: ['nouuid', 'discard'] },
+  f2fs: { mkfs: ['-S', '-w', '4096'], mount: [] },
+  ntfs: { mkfs: ['-F', '-f'], mount: [] },
+};
+
+/** Parses `fstype[;mountopts[;mkfsopts]]`. */
+export function parseFsSpec(text: string): FsSpec {
+  const fields = text.split(';');
+  const fstype = fields[0] ?? '';
+  if (!/^[a-z0-9]+$/.test(fstype)) throw new InvalidArgumentError(`Invalid file-system type '${fstype}'`);
+  const d = DEFAULTS[fstype] ?? { mkfs: [], mount: [] };
+  const mountOptions = fields.length >= 2 ? (fields[1] as string).split(',').filter((o) => o !== '') : d.mount;
+  const mkfsOptions = fields.length >= 3 ? (fields[2] as string).split(' ').filter((o) => o !== '') : d.mkfs;
+  return { fstype, mountOptions, mkfsOptions };
+}
+
+const EROFS_MAGIC = 0xe0f5e1e2;
+
+/** Whether the device holds an EROFS superblock (magic at byte 1024). */
+export async function isErofs(device: BlockDevice): Promise<boolean> {
+  if (device.size < 4096) return false;
+  const buf = new Uint8Array(4096);
+  await device.readAt(buf, 0);
+  return new DataView(buf.buffer).getUint32(1024, true) === EROFS_MAGIC;
+}
+
+export async function mkfs(dev: string, spec: FsSpec): Promise<void> {
+  await runCommand([`mkfs.${spec.fstype}`, ...spec.mkfsOptions, dev], { what: `make a ${spec.fstype} file system on ${dev}`, timeoutMs: 120_000 });
+}
+
+export async function mountFs(dev: string, dir: string, options: { spec: FsSpec; writable: boolean }): Promise<void> {
+  const opts = [options.writable ? 'rw' : 'ro', ...options.spec.mountOptions];
+  if (!options.writable && options.spec.fstype === 'ext4') opts.push('noload');
+  await runCommand(['mount', '-t', options.spec.fstype, '-o', opts.join(','), dev, dir], { what: `mount ${dev} on ${dir}` });
+}
+
+export async function umountFs(dir: string): Promise<void> {
+  await runCommand(['umount', dir], { what: `unmount ${dir}` });
+}
+
+/** Whether `dir` is a mount point now. */
+export async function isMountPoint(dir: string): Promise<boolean> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  return text.split('\n').some((line) => line.split(' ')[4] === dir);
+}

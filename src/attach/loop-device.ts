@@ -1,0 +1,32 @@
+/** Loop devices over a file (`losetup --direct-io=on`), the block device of a FUSE-served image. */
+import { readFile } from 'node:fs/promises';
+import { runCommand } from './run-command.ts';
+
+export async function attachLoop(file: string, options: { readOnly: boolean }): Promise<string> {
+  const args = ['losetup', '-f', '--show', '--direct-io=on', ...(options.readOnly ? ['-r'] : []), file];
+  const { stdout } = await runCommand(args, { what: `attach a loop device to ${file}` });
+  return stdout.trim();
+}
+
+export async function detachLoop(dev: string): Promise<void> {
+  // The kernel may still hold the device for a moment after umount; retry briefly.
+  for (let i = 0; ; i++) {
+    try {
+      await runCommand(['losetup', '-d', dev], { what: `detach ${dev}` });
+      return;
+    } catch (e) {
+      if (i >= 20) throw e;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+/** The backing file of a loop device, or undefined. */
+export async function loopBackingFile(dev: string): Promise<string | undefined> {
+  const name = dev.replace(/^\/dev\//, '');
+  try {
+    return (await readFile(`/sys/block/${name}/loop/backing_file`, 'utf8')).trim();
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,138 @@
+/**
+ * An attach session: a device served through FUSE + loop, optionally with its file
+ * system mounted, recorded in `<runDir>/sessions/<pid>.json` so `obd umount` and
+ * `obd detach` find the process that serves it. `stop()` tears everything down in
+ * order (umount, loop, FUSE, record), also after partial failures.
+ */
+import { mkdir, readdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { BlockDevice } from '../io/block-device.ts';
+import { FailedPreconditionError, NotFoundError } from '../io/errors.ts';
+import { attachDevice, type Attachment } from './attach-device.ts';
+import { isErofs, mkfs, mountFs, parseFsSpec, umountFs, type FsSpec } from './filesystem.ts';
+
+export const DEFAULT_RUN_DIR = '/run/obd';
+
+export interface SessionRecord {
+  pid: number;
+  blockDevice: string;
+  file: string;
+  mountpoint?: string;
+  target: string;
+  writable: boolean;
+}
+
+export interface SessionOptions {
+  target: string;
+  runDir?: string;
+  /** Mount the file system here. */
+  mountpoint?: string;
+  /** `fstype[;mountopts[;mkfsopts]]`, default ext4. */
+  fsType?: string;
+  writable?: boolean;
+  /** Make a file system first (a fresh writable device). */
+  mkfs?: boolean;
+  workers?: number;
+}
+
+export interface Session {
+  readonly record: SessionRecord;
+  /** Resolves when the FUSE server stops (also on an abort from outside). */
+  readonly closed: Promise<void>;
+  stop(): Promise<void>;
+}
+
+function sessionsDir(runDir: string): string {
+  return join(runDir, 'sessions');
+}
+
+export async function startSession(device: BlockDevice, options: SessionOptions): Promise<Session> {
+  const runDir = options.runDir ?? DEFAULT_RUN_DIR;
+  const writable = options.writable === true;
+  if (writable && device.readOnly) {
+    throw new FailedPreconditionError(`Cannot attach ${options.target} read-write: the device has no writable layer`);
+  }
+  let spec: FsSpec = parseFsSpec(options.fsType ?? 'ext4');
+  if (await isErofs(device)) spec = { ...spec, fstype: 'erofs', mountOptions: [] };
+  const attachment: Attachment = await attachDevice(device, { runDir, ...(options.workers !== undefined ? { workers: options.workers } : {}) });
+  const mountpoint = options.mountpoint === undefined ? undefined : resolve(options.mountpoint);
+  let mounted = false;
+  const record: SessionRecord = {
+    pid: process.pid,
+    blockDevice: attachment.blockDevice,
+    file: attachment.file,
+    target: options.target,
+    writable,
+    ...(mountpoint !== undefined ? { mountpoint } : {}),
+  };
+  const recordPath = join(sessionsDir(runDir), `${process.pid}-${attachment.blockDevice.replace(/\W/g, '_')}.json`);
+  const stop = async (): Promise<void> => {
+    const errors: unknown[] = [];
+    if (mounted && mountpoint !== undefined) await umountFs(mountpoint).catch((e: unknown) => errors.push(e));
+    await attachment.detach().catch((e: unknown) => errors.push(e));
+    await rm(recordPath, { force: true });
+    if (errors.length > 0) throw errors[0];
+  };
+  try {
+    if (options.mkfs === true) await mkfs(attachment.blockDevice, spec);
+    if (mountpoint !== undefined) {
+      await mountFs(attachment.blockDevice, mountpoint, { spec, writable });
+      mounted = true;
+    }
+    await mkdir(sessionsDir(runDir), { recursive: true, mode: 0o700 });
+    await writeFile(`${recordPath}.tmp`, JSON.stringify(record));
+    await rename(`${recordPath}.tmp`, recordPath);
+  } catch (e) {
+    await stop().catch(() => {});
+    throw e;
+  }
+  let stopping: Promise<void> | undefined;
+  return {
+    record,
+    closed: attachment.closed,
+    stop: () => (stopping ??= stop()),
+  };
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Live session records (records of dead processes are removed). */
+export async function listSessions(runDir = DEFAULT_RUN_DIR): Promise<SessionRecord[]> {
+  const dir = sessionsDir(runDir);
+  const names = await readdir(dir).catch(() => [] as string[]);
+  const out: SessionRecord[] = [];
+  for (const name of names.filter((n) => n.endsWith('.json'))) {
+    try {
+      const r = JSON.parse(await readFile(join(dir, name), 'utf8')) as SessionRecord;
+      if (alive(r.pid)) out.push(r);
+    } catch {
+      // a record being written or removed
+    }
+  }
+  return out;
+}
+
+/** Finds the session serving a mount point, a block device or a target. */
+export async function findSession(key: string, runDir = DEFAULT_RUN_DIR): Promise<SessionRecord> {
+  const abs = resolve(key);
+  const found = (await listSessions(runDir)).find((r) => r.mountpoint === abs || r.blockDevice === key || r.target === key);
+  if (found === undefined) throw new NotFoundError(`Cannot find an obd session for ${key}: nothing attached or mounted there`);
+  return found;
+}
+
+/** Asks the serving process to tear down and waits until it has exited. */
+export async function stopSession(record: SessionRecord, options: { timeoutMs?: number } = {}): Promise<void> {
+  process.kill(record.pid, 'SIGTERM');
+  const deadline = Date.now() + (options.timeoutMs ?? 30_000);
+  while (alive(record.pid)) {
+    if (Date.now() > deadline) throw new FailedPreconditionError(`Cannot stop obd process ${record.pid}: still running after SIGTERM`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

@@ -1,0 +1,142 @@
+/**
+ * `obd attach`: serve a device through FUSE + loop (and optionally mount it) until
+ * SIGTERM/SIGINT, then tear down. With `--background` it starts itself as a detached
+ * process, waits until the device is ready (or failed) and returns; `obd mount` is
+ * that form with a mount point.
+ */
+import { spawn } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { extname } from 'node:path';
+import type { Command } from '../command.ts';
+import type { CliIo } from '../io.ts';
+import { parse, flag, str, type Parsed } from '../args.ts';
+import { REMOTE_OPTIONS, plainHttpHosts, remoteAccess } from '../remote-options.ts';
+import { FailedPreconditionError, InvalidArgumentError, UnavailableError } from '../../io/errors.ts';
+import { targetDeviceConfig } from '../../device/open-target.ts';
+import { openDevice } from '../../device/open-device.ts';
+import { withWritableUpper } from '../../device/writable-upper.ts';
+import { writeResultFile } from '../../device/result-file.ts';
+import { startSession, DEFAULT_RUN_DIR } from '../../attach/session.ts';
+
+export const ATTACH_OPTIONS = {
+  ...REMOTE_OPTIONS,
+  mount: { type: 'string' },
+  fstype: { type: 'string' },
+  rw: { type: 'boolean' },
+  upper: { type: 'string' },
+  mkfs: { type: 'boolean' },
+  background: { type: 'boolean' },
+  'run-dir': { type: 'string' },
+  'ready-fd': { type: 'string' },
+  workers: { type: 'string' },
+} as const;
+
+const usage = 'obd attach CONFIG|IMAGE [--mount DIR] [--fstype ext4] [--rw] [--upper DIR] [--mkfs] [--background]';
+
+const READY_TIMEOUT_MS = 120_000;
+
+/** Starts `obd attach ARGS --ready-fd 3` detached and waits for its first status line. */
+async function runInBackground(argv: string[], io: CliIo): Promise<void> {
+  const self = fileURLToPath(import.meta.url);
+  const bin = fileURLToPath(new URL(`../bin/obd${extname(self)}`, import.meta.url));
+  const args = argv.filter((a) => a !== '--background');
+  const child = spawn(process.execPath, [...process.execArgv, bin, 'attach', ...args, '--ready-fd', '3'], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
+  });
+  const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  const line = await new Promise<string>((resolve, reject) => {
+    let text = '';
+    const timer = setTimeout(() => reject(new UnavailableError('Cannot attach: the serving process did not report within 120 s')), READY_TIMEOUT_MS);
+    pipe.on('data', (d: Buffer) => {
+      text += d.toString();
+      const nl = text.indexOf('\n');
+      if (nl >= 0) {
+        clearTimeout(timer);
+        resolve(text.slice(0, nl));
+      }
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      if (!text.includes('\n')) reject(new FailedPreconditionError(`Cannot attach: the serving process exited ${code} before it was ready`));
+    });
+  });
+  (pipe as unknown as { destroy(): void }).destroy();
+  child.unref();
+  if (line.startsWith('error ')) {
+    const { code, message } = JSON.parse(line.slice(6)) as { code: string; message: string };
+    throw code === 'ERR_INVALID_ARGUMENT' ? new InvalidArgumentError(message) : new FailedPreconditionError(message);
+  }
+  const record = JSON.parse(line.slice(6)) as { blockDevice: string; mountpoint?: string; pid: number };
+  io.out(`${record.blockDevice}${record.mountpoint ? ` mounted on ${record.mountpoint}` : ''} (served by process ${record.pid})\n`);
+}
+
+async function serve(p: Parsed, io: CliIo): Promise<void> {
+  const target = p.positionals[0] as string;
+  const readyFd = str(p, 'ready-fd');
+  const ready = readyFd === undefined ? undefined : createWriteStream('', { fd: Number(readyFd) });
+  const report = (line: string): void => {
+    ready?.end(`${line}\n`);
+  };
+  const access = remoteAccess(p);
+  let resultFile = '';
+  try {
+    let cfg = await targetDeviceConfig(target, { access, plainHttp: plainHttpHosts(p) });
+    resultFile = cfg.resultFile;
+    const upperDir = str(p, 'upper');
+    if (upperDir !== undefined) cfg = await withWritableUpper(cfg, upperDir);
+    const writable = flag(p, 'rw');
+    if (writable && cfg.upper === undefined) throw new InvalidArgumentError(`Cannot attach ${target} read-write: give --upper DIR or a config with an upper layer`);
+    let device;
+    try {
+      device = await openDevice(cfg, { remote: access.opener(cfg.download) });
+      await writeResultFile(resultFile);
+    } catch (e) {
+      await writeResultFile(resultFile, e).catch(() => {});
+      throw e;
+    }
+    try {
+      const mountpoint = str(p, 'mount');
+      const fsType = str(p, 'fstype');
+      const workers = str(p, 'workers');
+      const session = await startSession(device, {
+        target,
+        writable,
+        mkfs: flag(p, 'mkfs'),
+        runDir: str(p, 'run-dir') ?? DEFAULT_RUN_DIR,
+        ...(mountpoint !== undefined ? { mountpoint } : {}),
+        ...(fsType !== undefined ? { fsType } : {}),
+        ...(workers !== undefined ? { workers: Number(workers) } : {}),
+      });
+      io.out(`${session.record.blockDevice}\n`);
+      report(`ready ${JSON.stringify(session.record)}`);
+      await new Promise<void>((resolve) => {
+        const done = (): void => resolve();
+        process.once('SIGTERM', done);
+        process.once('SIGINT', done);
+        void session.closed.then(done);
+      });
+      await session.stop();
+    } finally {
+      await device.close();
+    }
+  } catch (e) {
+    const err = e as { code?: string; message?: string };
+    report(`error ${JSON.stringify({ code: err.code ?? 'ERR_UNKNOWN', message: err.message ?? String(e) })}`);
+    throw e;
+  } finally {
+    await access.close();
+  }
+}
+
+export const attachCommand: Command = {
+  name: 'attach',
+  summary: 'serve a device as /dev/loopN (FUSE + loop) until stopped; --mount DIR mounts it',
+  usage,
+  async run(argv, io) {
+    const p = parse(argv, { options: ATTACH_OPTIONS, usage, min: 1, max: 1 });
+    if (flag(p, 'background')) return runInBackground(argv, io);
+    await serve(p, io);
+  },
+};
