@@ -15,6 +15,7 @@ import { mergeCommand } from './commands/merge.ts';
 import { exportCommand } from './commands/export.ts';
 import { infoCommand } from './commands/info.ts';
 import { demoCommand } from './commands/demo.ts';
+import { selftestCommand } from './commands/selftest.ts';
 import { pushCommand } from './commands/push.ts';
 import { configCommand } from './commands/config.ts';
 import { attachCommand } from './commands/attach.ts';
@@ -23,6 +24,7 @@ import { umountCommand, detachCommand } from './commands/umount.ts';
 
 export const COMMANDS: readonly Command[] = [
   demoCommand,
+  selftestCommand,
   zfileCommand,
   createCommand,
   writeCommand,

@@ -21,6 +21,8 @@ export type RemoteOpener = (lower: LowerConfig, index: number, repoBlobUrl: stri
 
 export interface OpenDeviceOptions {
   remote?: RemoteOpener;
+  /** Wraps each lower's raw blob reader (instrumentation: counting, tracing). */
+  wrapBlob?: (reader: BlobReader, index: number) => BlobReader;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -62,6 +64,7 @@ async function openLower(cfg: DeviceConfig, i: number, options: OpenDeviceOption
       `Cannot open layer ${i}: no local file (${lower.file === '' ? 'file not set' : lower.file}) and no digest`,
     );
   }
+  if (options.wrapBlob !== undefined) raw = options.wrapBlob(raw, i);
   try {
     const { reader } = await openLayerBlob(raw);
     return await openRoLayer(reader, { what: `layer ${i} (${file ?? lower.digest})` });

@@ -1,192 +1,149 @@
 /**
- * The main job on an embedded default: build two overlaybd layers from generated data,
- * commit them as upstream would (`overlaybd-commit -z -t`), stack them through a
- * `config.v1.json`, export the merged disk, flatten the stack, and check every byte
- * against an in-memory model of what was written.
+ * The quick start (the README's first command): build a small image from files
+ * generated here, store it as overlaybd in a local OCI layout, mount it lazily through
+ * FUSE + loop, read a few files, and report how much of the layer was fetched.
  */
-import { mkdtemp, rm, writeFile, open } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Command } from '../command.ts';
-import { parse, flag } from '../args.ts';
+import { parse, flag, str } from '../args.ts';
 import { createWritableLayer } from '../../formats/lsmt/writable-layer.ts';
 import { commitFile } from '../../formats/lsmt/commit-files.ts';
-import { inspectBlob } from '../../formats/inspect-blob.ts';
-import { readDeviceConfig } from '../../image/device-config.ts';
+import { LsmtStack } from '../../formats/lsmt/stack.ts';
+import { OciLayout } from '../../image/oci-layout.ts';
+import { writeOverlaybdImage } from '../../image/write-image.ts';
+import { openImageEndpoint } from '../../image/image-endpoint.ts';
+import { imageDeviceConfig } from '../../image/image-device-config.ts';
+import { RemoteAccess } from '../../image/remote-access.ts';
 import { openDevice } from '../../device/open-device.ts';
-import { exportRaw } from '../../device/export-raw.ts';
-import { mergeStackToFile } from '../../device/merge-stack.ts';
+import { startSession } from '../../attach/session.ts';
+import { CountingReader } from '../../io/counting-reader.ts';
 import { FailedPreconditionError } from '../../io/errors.ts';
 
-const MiB = 1 << 20;
-/** The part of the 1 GiB disk the sample writes to; the model covers it. */
-const MODEL_SIZE = 96 * MiB;
+const usage = 'obd demo [--keep] [--dir DIR]';
 
-/** Deterministic sample content: text-like, binary-like and runs, so compression is realistic. */
-function sample(length: number, seed: number): Uint8Array {
-  const words = ['overlay', 'block', 'layer', 'lazy', 'pull', 'registry', 'extent', 'index', 'zfile', 'container', 'ext4', '\n'];
-  const out = new Uint8Array(length);
-  let x = seed >>> 0 || 1;
-  const rnd = (): number => {
+/** Deterministic file content: text-like with some binary runs. */
+function content(seed: number, size: number): Buffer {
+  const words = ['block', 'layer', 'lazy', 'overlay', 'registry', 'extent', 'zfile', 'container', 'start', 'fast'];
+  const out = Buffer.alloc(size);
+  let x = seed * 2654435761 || 1;
+  for (let i = 0; i < size; ) {
     x ^= x << 13;
     x >>>= 0;
     x ^= x >>> 17;
     x ^= x << 5;
-    return (x >>>= 0);
-  };
-  let i = 0;
-  while (i < length) {
-    const mode = rnd() % 8;
-    const run = 512 + (rnd() % 8192);
-    for (let j = 0; j < run && i < length; j++, i++) {
-      if (mode < 5) {
-        const w = words[rnd() % words.length] as string;
-        out[i] = w.charCodeAt(j % w.length);
-      } else if (mode < 7) out[i] = rnd() & 0xff;
-      else out[i] = 0;
+    x >>>= 0;
+    if (x % 5 === 0) {
+      for (let j = 0; j < 64 && i < size; j++, i++) out[i] = (x >>> (j % 24)) & 0xff;
+    } else {
+      const w = `${words[x % words.length]} `;
+      for (let j = 0; j < w.length && i < size; j++, i++) out[i] = w.charCodeAt(j);
     }
   }
   return out;
 }
 
-interface Op {
-  kind: 'write' | 'trim';
-  offset: number;
-  length: number;
+interface SampleFile {
+  path: string;
+  size: number;
   seed: number;
 }
 
-const LAYER1: Op[] = [
-  { kind: 'write', offset: 0, length: 4 * MiB, seed: 1 },
-  { kind: 'write', offset: 16 * MiB, length: 6 * MiB, seed: 2 },
-  { kind: 'write', offset: 64 * MiB, length: 2 * MiB, seed: 3 },
-  { kind: 'trim', offset: 17 * MiB, length: MiB, seed: 0 },
-];
-const LAYER2: Op[] = [
-  { kind: 'write', offset: 2 * MiB, length: MiB, seed: 4 },
-  { kind: 'trim', offset: 64 * MiB + 512 * 1024, length: 512 * 1024, seed: 0 },
-  { kind: 'write', offset: 80 * MiB, length: 3 * MiB, seed: 5 },
-];
-
-function apply(model: Uint8Array, ops: Op[]): void {
-  for (const op of ops) {
-    if (op.kind === 'write') model.set(sample(op.length, op.seed), op.offset);
-    else model.fill(0, op.offset, op.offset + op.length);
+function sampleTree(): SampleFile[] {
+  const files: SampleFile[] = [];
+  for (let d = 0; d < 8; d++) {
+    for (let f = 0; f < 40; f++) files.push({ path: `usr/lib/pkg${d}/file${f}.dat`, size: 4096 + ((d * 40 + f) * 7919) % 120_000, seed: d * 100 + f });
   }
+  files.push({ path: 'usr/share/big/archive.bin', size: 12 << 20, seed: 999 });
+  files.push({ path: 'etc/motd', size: 200, seed: 7 });
+  return files;
 }
 
-async function buildLayer(name: string, ops: Op[], parentUuid?: string): Promise<void> {
-  const data = `${name}.data`;
-  const index = `${name}.index`;
-  const layer = await createWritableLayer({ data, index, virtualSize: 1 << 30, ...(parentUuid ? { parentUuid } : {}) });
-  try {
-    for (const op of ops) {
-      if (op.kind === 'write') await layer.write(sample(op.length, op.seed), op.offset);
-      else await layer.trim(op.offset, op.length);
-    }
-    await layer.flush();
-  } finally {
-    await layer.close();
-  }
-}
-
-async function hashFile(path: string, length: number): Promise<string> {
-  const fh = await open(path, 'r');
-  try {
-    const h = createHash('sha256');
-    const buf = new Uint8Array(4 * MiB);
-    for (let at = 0; at < length; at += buf.length) {
-      const n = Math.min(buf.length, length - at);
-      const { bytesRead } = await fh.read(buf, 0, n, at);
-      if (bytesRead !== n) throw new FailedPreconditionError(`Cannot hash ${path}: short read at ${at}`);
-      h.update(buf.subarray(0, n));
-    }
-    return h.digest('hex');
-  } finally {
-    await fh.close();
-  }
-}
-
-const usage = 'obd demo [--keep]';
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
 export const demoCommand: Command = {
   name: 'demo',
-  summary: 'build, commit, stack, export and verify a sample image (the quick start)',
+  summary: 'quick start: build a sample image, store it as overlaybd, mount it lazily, read, report',
   usage,
   async run(argv, io) {
-    const p = parse(argv, { options: { keep: { type: 'boolean' } }, usage, min: 0, max: 0 });
-    const dir = await mkdtemp(join(tmpdir(), 'obd-demo-'));
+    const p = parse(argv, { options: { keep: { type: 'boolean' }, dir: { type: 'string' } }, usage, min: 0, max: 0 });
+    if (process.getuid?.() !== 0) throw new FailedPreconditionError('The demo mounts file systems: run it as root');
+    const given = str(p, 'dir');
+    const dir = given ?? (await mkdtemp(join(tmpdir(), 'obd-quickstart-')));
+    await mkdir(dir, { recursive: true });
+    const runDir = join(dir, 'run');
     const t0 = performance.now();
-    const step = (text: string): void => io.out(`[${((performance.now() - t0) / 1000).toFixed(2)}s] ${text}\n`);
+    const say = (t: string): void => io.out(`[${((performance.now() - t0) / 1000).toFixed(1)}s] ${t}\n`);
     try {
-      const model = new Uint8Array(MODEL_SIZE);
-      apply(model, LAYER1);
-      const u1 = '00000000-0000-4000-8000-00000000d001';
-      const u2 = '00000000-0000-4000-8000-00000000d002';
-      await buildLayer(join(dir, 'layer1'), LAYER1);
-      const l1 = join(dir, 'layer1.tar');
-      await commitFile({ data: join(dir, 'layer1.data'), index: join(dir, 'layer1.index') }, l1, {
-        zfile: { algorithm: 'lz4', blockSize: 4096, verify: true, rewriteHeader: true },
-        tar: true,
-        uuid: u1,
-        userTag: new TextEncoder().encode('demo layer 1'),
-      });
-      step(`layer 1: 12 MiB written, 1 MiB trimmed, committed as tar(ZFile lz4) → ${l1}`);
-
-      apply(model, LAYER2);
-      await buildLayer(join(dir, 'layer2'), LAYER2, u1);
-      const l2 = join(dir, 'layer2.tar');
-      await commitFile({ data: join(dir, 'layer2.data'), index: join(dir, 'layer2.index') }, l2, {
-        zfile: { algorithm: 'zstd', blockSize: 16384, verify: true, rewriteHeader: true },
-        tar: true,
-        uuid: u2,
-        parentUuid: u1,
-      });
-      step(`layer 2: 4 MiB written over layer 1, 512 KiB trimmed, committed as tar(ZFile zstd) → ${l2}`);
-
-      for (const blob of [l1, l2]) {
-        const info = await inspectBlob(blob);
-        const z = info.zfile;
-        step(
-          `${blob}: ${info.size} bytes on disk, ${z?.originalFileSize ?? 0} bytes of LSMT, ` +
-            `${info.lsmt?.index?.valid ?? 0} extents, uuid ${info.lsmt?.trailer?.uuid}, parent ${info.lsmt?.trailer?.parentUuid}`,
-        );
-      }
-
-      const config = join(dir, 'config.v1.json');
-      await writeFile(config, JSON.stringify({ lowers: [{ file: l1 }, { file: l2 }], resultFile: join(dir, 'result') }, null, 2));
-      const raw = join(dir, 'disk.raw');
-      const merged = join(dir, 'merged.zfile');
-      const stack = await openDevice(await readDeviceConfig(config));
+      // 1. Build: a fresh writable layer, ext4 on it, the sample files written through the kernel.
+      const files = sampleTree();
+      const data = join(dir, 'build', 'writable_data');
+      const index = join(dir, 'build', 'writable_index');
+      await mkdir(join(dir, 'build'), { recursive: true });
+      const upper = await createWritableLayer({ data, index, virtualSize: 1 << 30 });
+      const buildDevice = await LsmtStack.create({ lowers: [], upper });
+      const buildMnt = join(dir, 'build', 'rootfs');
+      await mkdir(buildMnt, { recursive: true });
+      const build = await startSession(buildDevice, { target: 'build', runDir, mountpoint: buildMnt, writable: true, mkfs: true });
+      let total = 0;
       try {
-        const r = await exportRaw(stack, raw);
-        step(`exported the 2-layer stack: ${r.size} byte virtual disk, ${r.dataBytes} bytes of data → ${raw}`);
-        await mergeStackToFile(stack, merged, { zfile: { algorithm: 'lz4', blockSize: 4096 } });
-        step(`flattened the stack into one blob → ${merged}`);
+        for (const f of files) {
+          await mkdir(join(buildMnt, f.path, '..'), { recursive: true });
+          await writeFile(join(buildMnt, f.path), content(f.seed, f.size));
+          total += f.size;
+        }
       } finally {
-        await stack.close();
+        await build.stop();
+        await buildDevice.close();
       }
+      say(`built an ext4 image with ${files.length} generated files (${(total / 2 ** 20).toFixed(1)} MiB) on a 1 GiB overlaybd writable layer`);
 
-      const want = createHash('sha256').update(model).digest('hex');
-      const gotRaw = await hashFile(raw, MODEL_SIZE);
-      const flatConfig = join(dir, 'flat.json');
-      await writeFile(flatConfig, JSON.stringify({ lowers: [{ file: merged }] }));
-      const flat = await openDevice(await readDeviceConfig(flatConfig));
-      const flatRaw = join(dir, 'flat.raw');
+      // 2. Commit as upstream's `overlaybd-commit -z -t` and store as an OCI image.
+      const layerFile = join(dir, 'build', 'overlaybd.commit');
+      await commitFile({ data, index }, layerFile, { zfile: { algorithm: 'lz4', blockSize: 4096, verify: true, rewriteHeader: true }, tar: true, overwrite: true });
+      const layoutDir = join(dir, 'image');
+      const layout = await OciLayout.openOrCreate(layoutDir);
+      const desc = await writeOverlaybdImage(layout, { layers: [layerFile], tag: 'sample', config: { Cmd: ['/bin/sh'] } });
+      const ref = `oci:${layoutDir}:sample`;
+      say(`stored as an overlaybd image: ${ref} (${desc.digest.slice(0, 19)}…)`);
+
+      // 3. Mount lazily and read a few files.
+      const access = new RemoteAccess();
+      const cfg = await imageDeviceConfig(await openImageEndpoint(ref, { access }));
+      const counters: CountingReader[] = [];
+      const device = await openDevice(cfg, {
+        wrapBlob: (r) => {
+          const c = new CountingReader(r);
+          counters.push(c);
+          return c;
+        },
+      });
+      const mnt = join(dir, 'mnt');
+      await mkdir(mnt, { recursive: true });
+      const blobSize = counters.reduce((a, c) => a + c.size, 0);
+      const atOpen = counters.reduce((a, c) => a + c.bytesRead, 0);
+      const session = await startSession(device, { target: ref, runDir, mountpoint: mnt });
+      say(`mounted ${ref} on ${mnt} through ${session.record.blockDevice} (FUSE + loop); opening read ${(atOpen / 1024).toFixed(0)} KiB of indexes`);
       try {
-        await exportRaw(flat, flatRaw);
+        const picks = [files[files.length - 1] as SampleFile, files[3] as SampleFile, files[150] as SampleFile];
+        for (const f of picks) {
+          const got = await readFile(join(mnt, f.path));
+          if (sha(got) !== sha(content(f.seed, f.size))) throw new FailedPreconditionError(`Demo failed: /${f.path} differs from what was written`);
+          say(`read /${f.path} (${got.length} bytes): content verified`);
+        }
       } finally {
-        await flat.close();
+        await session.stop();
+        await device.close();
+        await access.close();
       }
-      const gotFlat = await hashFile(flatRaw, MODEL_SIZE);
-      const ok = gotRaw === want && gotFlat === want;
-      step(`sha256 of the first ${MODEL_SIZE / MiB} MiB: model ${want.slice(0, 16)}…, stack ${gotRaw.slice(0, 16)}…, flattened ${gotFlat.slice(0, 16)}…`);
-      if (!ok) throw new FailedPreconditionError('Demo failed: the exported disk differs from what was written');
-      io.out(`demo: OK — every byte read back through the stack and the flattened layer matches\n`);
-      if (flag(p, 'keep')) io.out(`demo: files kept in ${dir}\n`);
+      const fetched = counters.reduce((a, c) => a + c.bytesRead, 0);
+      say(`fetched ${(fetched / 2 ** 20).toFixed(2)} MiB of the ${(blobSize / 2 ** 20).toFixed(2)} MiB layer blob (${((100 * fetched) / blobSize).toFixed(1)}%) to read 3 of ${files.length} files`);
+      io.out('demo: OK\n');
+      if (flag(p, 'keep') || given !== undefined) io.out(`demo: files kept in ${dir}\n`);
     } finally {
-      if (!flag(p, 'keep')) await rm(dir, { recursive: true, force: true });
+      if (!flag(p, 'keep') && given === undefined) await rm(dir, { recursive: true, force: true });
     }
   },
 };
