@@ -33,6 +33,7 @@ export interface SessionOptions {
   /** Make a file system first (a fresh writable device). */
   mkfs?: boolean;
   workers?: number;
+  frontend?: 'fuse' | 'nbd';
 }
 
 export interface Session {
@@ -54,7 +55,11 @@ export async function startSession(device: BlockDevice, options: SessionOptions)
   }
   let spec: FsSpec = parseFsSpec(options.fsType ?? 'ext4');
   if (await isErofs(device)) spec = { ...spec, fstype: 'erofs', mountOptions: [] };
-  const attachment: Attachment = await attachDevice(device, { runDir, ...(options.workers !== undefined ? { workers: options.workers } : {}) });
+  const attachment: Attachment = await attachDevice(device, {
+    runDir,
+    ...(options.workers !== undefined ? { workers: options.workers } : {}),
+    ...(options.frontend !== undefined ? { frontend: options.frontend } : {}),
+  });
   const mountpoint = options.mountpoint === undefined ? undefined : resolve(options.mountpoint);
   let mounted = false;
   const record: SessionRecord = {

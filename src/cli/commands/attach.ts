@@ -18,6 +18,9 @@ import { openDevice } from '../../device/open-device.ts';
 import { withWritableUpper } from '../../device/writable-upper.ts';
 import { writeResultFile } from '../../device/result-file.ts';
 import { startSession, DEFAULT_RUN_DIR } from '../../attach/session.ts';
+import { createNbdServer } from '../../nbd/nbd-server.ts';
+import { nbdUri } from '../../nbd/nbd-uri.ts';
+import type { BlockDevice } from '../../io/block-device.ts';
 
 export const ATTACH_OPTIONS = {
   ...REMOTE_OPTIONS,
@@ -30,9 +33,13 @@ export const ATTACH_OPTIONS = {
   'run-dir': { type: 'string' },
   'ready-fd': { type: 'string' },
   workers: { type: 'string' },
+  frontend: { type: 'string' },
+  'nbd-listen': { type: 'string' },
 } as const;
 
-const usage = 'obd attach CONFIG|IMAGE [--mount DIR] [--fstype ext4] [--rw] [--upper DIR] [--mkfs] [--background]';
+const usage =
+  'obd attach CONFIG|IMAGE [--mount DIR] [--fstype ext4] [--rw] [--upper DIR] [--mkfs] [--background] [--frontend fuse|nbd]\n' +
+  '       obd attach CONFIG|IMAGE --nbd-listen unix:PATH|HOST:PORT   (serve NBD only, for hosts with nbd.ko or qemu)';
 
 const READY_TIMEOUT_MS = 120_000;
 
@@ -97,12 +104,20 @@ async function serve(p: Parsed, io: CliIo): Promise<void> {
       throw e;
     }
     try {
+      const listen = str(p, 'nbd-listen');
+      if (listen !== undefined) {
+        await serveNbdOnly(device, { listen, name: target }, { io, report });
+        return;
+      }
+      const frontend = str(p, 'frontend') ?? 'fuse';
+      if (frontend !== 'fuse' && frontend !== 'nbd') throw new InvalidArgumentError(`Invalid --frontend '${frontend}': expected fuse or nbd`);
       const mountpoint = str(p, 'mount');
       const fsType = str(p, 'fstype');
       const workers = str(p, 'workers');
       const session = await startSession(device, {
         target,
         writable,
+        frontend,
         mkfs: flag(p, 'mkfs'),
         runDir: str(p, 'run-dir') ?? DEFAULT_RUN_DIR,
         ...(mountpoint !== undefined ? { mountpoint } : {}),
@@ -127,6 +142,26 @@ async function serve(p: Parsed, io: CliIo): Promise<void> {
     throw e;
   } finally {
     await access.close();
+  }
+}
+
+/** `--nbd-listen`: only the NBD server, until SIGTERM/SIGINT. */
+async function serveNbdOnly(device: BlockDevice, where: { listen: string; name: string }, out: { io: CliIo; report: (l: string) => void }): Promise<void> {
+  const server = createNbdServer({ device, name: 'obd' });
+  try {
+    const l = where.listen;
+    const endpoint = l.startsWith('unix:')
+      ? await server.listen({ path: l.slice(5) })
+      : await server.listen({ host: l.slice(0, l.lastIndexOf(':')) || '127.0.0.1', port: Number(l.slice(l.lastIndexOf(':') + 1)) });
+    const uri = nbdUri(endpoint, 'obd');
+    out.io.out(`${uri}\n`);
+    out.report(`ready ${JSON.stringify({ blockDevice: uri, pid: process.pid })}`);
+    await new Promise<void>((resolve) => {
+      process.once('SIGTERM', () => resolve());
+      process.once('SIGINT', () => resolve());
+    });
+  } finally {
+    await server.close();
   }
 }
 
