@@ -106,6 +106,21 @@ describe('FUSE + loop', () => {
     assertNothingLeft();
   });
 
+  test('the same through the NBD server + nbdfuse + loop', { timeout: 120_000 }, async () => {
+    const mnt = join(dir, 'hello-nbd');
+    mkdirSync(mnt);
+    await obd('mount', `${reg.host}/obd/hello:v1`, mnt, '--frontend', 'nbd', '--plain-http', reg.host, '--run-dir', runDir);
+    try {
+      assert.equal(sha256(readFileSync(join(mnt, 'hello'))), sha256(originalHello()));
+      const run = spawnSync('chroot', [mnt, '/hello'], { encoding: 'utf8', timeout: 30_000 });
+      assert.equal(run.status, 0, run.stderr);
+      assert.match(run.stdout, /Hello from Docker!/);
+    } finally {
+      await obd('umount', mnt, '--run-dir', runDir);
+    }
+    assertNothingLeft();
+  });
+
   test('a writable layer: write, umount, commit, mount the new stack', { timeout: 180_000 }, async () => {
     const mnt = join(dir, 'rw');
     const upper = join(dir, 'upper');
