@@ -2,7 +2,7 @@
  * File-system handling of a device (snapshotter.md §10): the `fstype[;mountopts[;mkfsopts]]`
  * string, upstream's default mkfs and mount options, EROFS detection, mount and umount.
  */
-import { readFile } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import type { BlockDevice } from '../io/block-device.ts';
 import { InvalidArgumentError } from '../io/errors.ts';
 import { runCommand } from './run-command.ts';
@@ -39,6 +39,21 @@ export async function isErofs(device: BlockDevice): Promise<boolean> {
   const buf = new Uint8Array(4096);
   await device.readAt(buf, 0);
   return new DataView(buf.buffer).getUint32(1024, true) === EROFS_MAGIC;
+}
+
+/**
+ * Whether the file (a served device: never call this from the thread that serves it)
+ * holds an EROFS superblock.
+ */
+export async function isErofsFile(path: string): Promise<boolean> {
+  const fh = await open(path, 'r');
+  try {
+    const buf = new Uint8Array(4096);
+    const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+    return bytesRead === buf.length && new DataView(buf.buffer).getUint32(1024, true) === EROFS_MAGIC;
+  } finally {
+    await fh.close();
+  }
 }
 
 export async function mkfs(dev: string, spec: FsSpec): Promise<void> {

@@ -1,20 +1,31 @@
 /**
  * An attach session: a device served through FUSE + loop, optionally with its file
  * system mounted, recorded in `<runDir>/sessions/<pid>.json` so `obd umount` and
- * `obd detach` find the process that serves it. `stop()` tears everything down in
+ * `obd detach` find the process that owns it. `stop()` tears everything down in
  * order (umount, loop, FUSE, record), also after partial failures.
+ *
+ * Two forms: {@link startSession} serves an opened device in this process;
+ * {@link startSupervisedSession} makes this process the supervisor of a serving child
+ * process that is restarted whenever it dies (the record then names the child too).
  */
 import { mkdir, readdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { BlockDevice } from '../io/block-device.ts';
 import { FailedPreconditionError, NotFoundError } from '../io/errors.ts';
 import { attachDevice, type Attachment } from './attach-device.ts';
-import { isErofs, mkfs, mountFs, parseFsSpec, umountFs, type FsSpec } from './filesystem.ts';
+import { attachSupervised } from './attach-supervised.ts';
+import type { ServerCommand } from './fuse-supervisor.ts';
+import { isErofs, isErofsFile, mkfs, mountFs, parseFsSpec, umountFs, type FsSpec } from './filesystem.ts';
 
 export const DEFAULT_RUN_DIR = '/run/obd';
 
 export interface SessionRecord {
+  /** The process that owns the session (SIGTERM stops it). */
   pid: number;
+  /** The process serving the device: `pid`, or the supervised child (updated on restart). */
+  serverPid?: number;
+  /** Serving processes started after the first (supervised sessions). */
+  restarts?: number;
   blockDevice: string;
   file: string;
   mountpoint?: string;
@@ -48,22 +59,86 @@ function sessionsDir(runDir: string): string {
 }
 
 export async function startSession(device: BlockDevice, options: SessionOptions): Promise<Session> {
-  const runDir = options.runDir ?? DEFAULT_RUN_DIR;
   const writable = options.writable === true;
   if (writable && device.readOnly) {
     throw new FailedPreconditionError(`Cannot attach ${options.target} read-write: the device has no writable layer`);
   }
-  let spec: FsSpec = parseFsSpec(options.fsType ?? 'ext4');
-  if (await isErofs(device)) spec = { ...spec, fstype: 'erofs', mountOptions: [] };
+  const erofs = await isErofs(device);
   const attachment: Attachment = await attachDevice(device, {
-    runDir,
+    runDir: options.runDir ?? DEFAULT_RUN_DIR,
     ...(options.workers !== undefined ? { workers: options.workers } : {}),
     ...(options.frontend !== undefined ? { frontend: options.frontend } : {}),
   });
+  return completeSession(attachment, { ...options, erofs: async () => erofs });
+}
+
+/** Options of {@link startSupervisedSession}. */
+export interface SupervisedSessionOptions extends Omit<SessionOptions, 'frontend'> {
+  /** What the serving child opens (a device config). */
+  device: unknown;
+  /** How to start a serving child (`obd serve-fuse …`). */
+  server: ServerCommand;
+  /** Keep a loaded spare serving process. Default true. */
+  spare?: boolean;
+}
+
+/**
+ * Like {@link startSession}, but this process only supervises: a child process opens
+ * and serves the device and is restarted whenever it dies (FUSE_NOTIFY_RESEND), so the
+ * loop device and the mounted file system survive it.
+ */
+export async function startSupervisedSession(options: SupervisedSessionOptions): Promise<Session> {
+  let update: (info: { pid: number; restarts: number }) => void = () => {};
+  const attachment = await attachSupervised({
+    server: options.server,
+    device: options.device,
+    runDir: options.runDir ?? DEFAULT_RUN_DIR,
+    onServer: (info) => update(info),
+    ...(options.workers !== undefined ? { workers: options.workers } : {}),
+    ...(options.spare !== undefined ? { spare: options.spare } : {}),
+  });
+  if (options.writable === true && attachment.readOnly) {
+    await attachment.detach().catch(() => {});
+    throw new FailedPreconditionError(`Cannot attach ${options.target} read-write: the device has no writable layer`);
+  }
+  let session: Session & { recordPath: string };
+  try {
+    session = await completeSession(attachment, { ...options, erofs: () => isErofsFile(attachment.file) });
+  } catch (e) {
+    await attachment.detach().catch(() => {});
+    throw e;
+  }
+  const record = session.record;
+  record.serverPid = attachment.serverPid;
+  record.restarts = attachment.restarts;
+  await writeRecord(session.recordPath, record);
+  let writing = Promise.resolve();
+  update = (info) => {
+    record.serverPid = info.pid;
+    record.restarts = info.restarts;
+    writing = writing.then(() => writeRecord(session.recordPath, record)).catch(() => {});
+  };
+  return session;
+}
+
+async function writeRecord(path: string, record: SessionRecord): Promise<void> {
+  await writeFile(`${path}.tmp`, JSON.stringify(record));
+  await rename(`${path}.tmp`, path);
+}
+
+/** mkfs, mount and the session record over an attachment; on failure detaches it. */
+async function completeSession(
+  attachment: Attachment,
+  options: Omit<SessionOptions, 'frontend'> & { erofs: () => Promise<boolean> },
+): Promise<Session & { recordPath: string }> {
+  const runDir = options.runDir ?? DEFAULT_RUN_DIR;
+  const writable = options.writable === true;
+  let spec: FsSpec = parseFsSpec(options.fsType ?? 'ext4');
   const mountpoint = options.mountpoint === undefined ? undefined : resolve(options.mountpoint);
   let mounted = false;
   const record: SessionRecord = {
     pid: process.pid,
+    serverPid: process.pid,
     blockDevice: attachment.blockDevice,
     file: attachment.file,
     target: options.target,
@@ -79,14 +154,14 @@ export async function startSession(device: BlockDevice, options: SessionOptions)
     if (errors.length > 0) throw errors[0];
   };
   try {
+    if (await options.erofs()) spec = { ...spec, fstype: 'erofs', mountOptions: [] };
     if (options.mkfs === true) await mkfs(attachment.blockDevice, spec);
     if (mountpoint !== undefined) {
       await mountFs(attachment.blockDevice, mountpoint, { spec, writable });
       mounted = true;
     }
     await mkdir(sessionsDir(runDir), { recursive: true, mode: 0o700 });
-    await writeFile(`${recordPath}.tmp`, JSON.stringify(record));
-    await rename(`${recordPath}.tmp`, recordPath);
+    await writeRecord(recordPath, record);
   } catch (e) {
     await stop().catch(() => {});
     throw e;
@@ -94,6 +169,7 @@ export async function startSession(device: BlockDevice, options: SessionOptions)
   let stopping: Promise<void> | undefined;
   return {
     record,
+    recordPath,
     closed: attachment.closed,
     stop: () => (stopping ??= stop()),
   };

@@ -18,9 +18,14 @@ import { demoCommand } from './commands/demo.ts';
 import { selftestCommand } from './commands/selftest.ts';
 import { pushCommand } from './commands/push.ts';
 import { configCommand } from './commands/config.ts';
+import { snapshotterCommand } from './commands/snapshotter.ts';
 import { attachCommand } from './commands/attach.ts';
 import { mountCommand } from './commands/mount.ts';
 import { umountCommand, detachCommand } from './commands/umount.ts';
+import { convertCommand } from './commands/convert.ts';
+import { applyCommand } from './commands/apply.ts';
+import { serveFuseCommand } from './commands/serve-fuse.ts';
+import { rpullCommand } from './commands/rpull.ts';
 
 export const COMMANDS: readonly Command[] = [
   demoCommand,
@@ -35,10 +40,15 @@ export const COMMANDS: readonly Command[] = [
   infoCommand,
   pushCommand,
   configCommand,
+  snapshotterCommand,
   attachCommand,
   detachCommand,
   mountCommand,
   umountCommand,
+  convertCommand,
+  applyCommand,
+  serveFuseCommand,
+  rpullCommand,
 ];
 
 function help(): string {

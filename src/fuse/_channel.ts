@@ -43,6 +43,8 @@ export interface WorkerInit {
   config: FuseFileConfig;
   /** Post a trace line per request. */
   trace: boolean;
+  /** INIT was answered by an earlier server of this connection: its reply. */
+  initialized?: InitOut;
 }
 
 /** Worker → serving thread. A bare number is "slot N has a device request pending". */

@@ -32,7 +32,7 @@ const ctl = new Int32Array(init.ctl, 0, 4);
 const ctlF64 = new Float64Array(init.ctl, CTL_F64_AT, 2);
 const shared = new Int32Array(init.shared);
 const nap = new Int32Array(new SharedArrayBuffer(4));
-const handler = new FuseRequestHandler(init.config);
+const handler = new FuseRequestHandler(init.config, init.initialized !== undefined ? { negotiated: init.initialized } : {});
 
 function stopped(): boolean {
   return Atomics.load(shared, Shared.STOP) !== 0;

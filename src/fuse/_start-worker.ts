@@ -28,6 +28,13 @@ async function bundle(entry: string): Promise<string | undefined> {
   }
 }
 
+/** Prepares what starting a reader needs (from source: the bundle), so that later starts are quick. */
+export async function prepareWorkers(): Promise<void> {
+  if (!import.meta.url.endsWith('.ts')) return;
+  bundled ??= bundle(fileURLToPath(new URL('./_fuse-worker.ts', import.meta.url)));
+  await bundled;
+}
+
 /** Starts one reader with `workerData`. */
 export async function startWorker(workerData: WorkerInit): Promise<Worker> {
   if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./_fuse-worker.js', import.meta.url), { workerData });

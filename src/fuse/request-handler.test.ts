@@ -147,12 +147,12 @@ test('GETATTR describes the root and the file; SETATTR refuses resizing', () => 
   assert.equal(reply(handle(ro, setattr(SetattrValid.SIZE, 0))).error, -E.EROFS);
 });
 
-test('OPEN sets FOPEN_DIRECT_IO as configured and refuses writers on a read-only device', () => {
+test('OPEN sets FOPEN_DIRECT_IO as configured, always FOPEN_NOFLUSH, and refuses writers on a read-only device', () => {
   const open = (flags: number): Uint8Array => request(Opcode.OPEN, FILE_NODE_ID, [8, (v) => encodeOpenIn(v, IN_HEADER_SIZE, { flags, openFlags: 0 })]);
   const direct = decodeOpenOut(viewOf(reply(handle(new FuseRequestHandler(CONFIG), open(2))).body), 0);
-  assert.equal(direct.openFlags, OpenFlag.DIRECT_IO | OpenFlag.PARALLEL_DIRECT_WRITES);
+  assert.equal(direct.openFlags, OpenFlag.DIRECT_IO | OpenFlag.PARALLEL_DIRECT_WRITES | OpenFlag.NOFLUSH);
   const cached = decodeOpenOut(viewOf(reply(handle(new FuseRequestHandler({ ...CONFIG, directIo: false }), open(0))).body), 0);
-  assert.equal(cached.openFlags, OpenFlag.PARALLEL_DIRECT_WRITES);
+  assert.equal(cached.openFlags, OpenFlag.PARALLEL_DIRECT_WRITES | OpenFlag.NOFLUSH);
   const ro = new FuseRequestHandler({ ...CONFIG, readOnly: true });
   assert.equal(reply(handle(ro, open(2))).error, -E.EROFS); // O_RDWR
   assert.equal(reply(handle(ro, open(1))).error, -E.EROFS); // O_WRONLY

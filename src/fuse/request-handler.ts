@@ -135,12 +135,17 @@ export class FuseRequestHandler {
   readonly #fileAttr: Attr;
   #negotiated: InitOut | undefined;
 
-  constructor(config: FuseFileConfig) {
+  /**
+   * `options.negotiated`: INIT was answered by an earlier server of the same connection
+   * (the kernel sends INIT once); the handler starts as initialized with that reply.
+   */
+  constructor(config: FuseFileConfig, options: { negotiated?: InitOut } = {}) {
     const maxIo = config.maxIo ?? DEFAULT_MAX_IO;
     if (!Number.isSafeInteger(maxIo) || maxIo < FUSE_PAGE_SIZE || maxIo % FUSE_PAGE_SIZE !== 0 || maxIo > 0xffff * FUSE_PAGE_SIZE) {
       throw new RangeError(`Cannot serve FUSE: maxIo ${maxIo} is not a multiple of 4096 between 4096 and 256 MiB`);
     }
     this.#config = { ...config, maxIo };
+    this.#negotiated = options.negotiated;
     this.#name = new TextEncoder().encode(config.name);
     const base = {
       size: 0,
@@ -366,7 +371,11 @@ export class FuseRequestHandler {
     if (h.nodeid !== FILE_NODE_ID) return this.#error(h, E.ENOENT);
     const o = decodeOpenIn(view, IN_HEADER_SIZE);
     if (this.#config.readOnly && (o.flags & O_ACCMODE) !== fsConstants.O_RDONLY) return this.#error(h, E.EROFS);
-    const openFlags = (this.#config.directIo ? OpenFlag.DIRECT_IO : 0) | OpenFlag.PARALLEL_DIRECT_WRITES;
+    // NOFLUSH: close(2) sends no FLUSH (it would do nothing here). Besides a round trip per
+    // close, that keeps close — and exec, which closes O_CLOEXEC files — from waiting for
+    // a server: a supervisor forking the next server while a file of its mount is open
+    // would otherwise wait for that very server.
+    const openFlags = (this.#config.directIo ? OpenFlag.DIRECT_IO : 0) | OpenFlag.PARALLEL_DIRECT_WRITES | OpenFlag.NOFLUSH;
     encodeOpenOut(this.#outView, OUT_HEADER_SIZE, { fh: 0, openFlags });
     return this.#reply(h, OPEN_OUT_SIZE);
   }

@@ -3,6 +3,12 @@
  * SIGTERM/SIGINT, then tear down. With `--background` it starts itself as a detached
  * process, waits until the device is ready (or failed) and returns; `obd mount` is
  * that form with a mount point.
+ *
+ * With the FUSE frontend this process is only the supervisor: it owns the FUSE
+ * connection, the loop device and the mount, and the device is served by a child
+ * (`obd serve-fuse`) that is restarted at once whenever it dies; I/O in flight pauses
+ * and completes (src/attach/fuse-supervisor.ts). `--frontend nbd` and `--nbd-listen`
+ * serve in this process.
  */
 import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
@@ -17,7 +23,9 @@ import { targetDeviceConfig } from '../../device/open-target.ts';
 import { openDevice } from '../../device/open-device.ts';
 import { withWritableUpper } from '../../device/writable-upper.ts';
 import { writeResultFile } from '../../device/result-file.ts';
-import { startSession, DEFAULT_RUN_DIR } from '../../attach/session.ts';
+import { startSession, startSupervisedSession, DEFAULT_RUN_DIR, type Session } from '../../attach/session.ts';
+import type { ServerCommand } from '../../attach/fuse-supervisor.ts';
+import type { DeviceConfig } from '../../image/device-config.ts';
 import { createNbdServer } from '../../nbd/nbd-server.ts';
 import { nbdUri } from '../../nbd/nbd-uri.ts';
 import type { BlockDevice } from '../../io/block-device.ts';
@@ -79,6 +87,47 @@ async function runInBackground(argv: string[], io: CliIo): Promise<void> {
   io.out(`${record.blockDevice}${record.mountpoint ? ` mounted on ${record.mountpoint}` : ''} (served by process ${record.pid})\n`);
 }
 
+/** The command that starts a serving child: this CLI's `serve-fuse` with the registry and cache flags. */
+function serverCommand(p: Parsed): ServerCommand {
+  const self = fileURLToPath(import.meta.url);
+  const bin = fileURLToPath(new URL(`../bin/obd${extname(self)}`, import.meta.url));
+  const args: string[] = [];
+  for (const name of Object.keys(REMOTE_OPTIONS)) {
+    const v = p.values[name];
+    for (const one of Array.isArray(v) ? v : [v]) {
+      if (typeof one === 'string') args.push(`--${name}`, one);
+      else if (one === true) args.push(`--${name}`);
+    }
+  }
+  const execArgv = process.execArgv.filter((a) => !a.startsWith('--inspect') && !a.startsWith('--test'));
+  return { command: process.execPath, args: [...execArgv, bin, 'serve-fuse', ...args] };
+}
+
+/** Resolves on SIGTERM/SIGINT (from the call on, also during a slow start) or when `closed` resolves. */
+function stopSignal(): { wait(closed: Promise<void>): Promise<void>; requested(): boolean; dispose(): void } {
+  let requested = false;
+  let wake: () => void = () => {};
+  const onSignal = (): void => {
+    requested = true;
+    wake();
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  return {
+    wait: (closed) =>
+      new Promise<void>((resolve) => {
+        if (requested) return resolve();
+        wake = resolve;
+        void closed.then(resolve);
+      }),
+    requested: () => requested,
+    dispose() {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+    },
+  };
+}
+
 async function serve(p: Parsed, io: CliIo): Promise<void> {
   const target = p.positionals[0] as string;
   const readyFd = str(p, 'ready-fd');
@@ -87,6 +136,7 @@ async function serve(p: Parsed, io: CliIo): Promise<void> {
     ready?.end(`${line}\n`);
   };
   const access = remoteAccess(p);
+  const signal = stopSignal();
   let resultFile = '';
   try {
     let cfg = await targetDeviceConfig(target, { access, plainHttp: plainHttpHosts(p) });
@@ -95,58 +145,85 @@ async function serve(p: Parsed, io: CliIo): Promise<void> {
     if (upperDir !== undefined) cfg = await withWritableUpper(cfg, upperDir);
     const writable = flag(p, 'rw');
     if (writable && cfg.upper === undefined) throw new InvalidArgumentError(`Cannot attach ${target} read-write: give --upper DIR or a config with an upper layer`);
-    let device;
-    try {
-      device = await openDevice(cfg, { remote: access.opener(cfg.download) });
-      await writeResultFile(resultFile);
-    } catch (e) {
-      await writeResultFile(resultFile, e).catch(() => {});
-      throw e;
-    }
-    try {
-      const listen = str(p, 'nbd-listen');
-      if (listen !== undefined) {
-        await serveNbdOnly(device, { listen, name: target }, { io, report });
-        return;
+    const listen = str(p, 'nbd-listen');
+    const frontend = str(p, 'frontend') ?? 'fuse';
+    if (frontend !== 'fuse' && frontend !== 'nbd') throw new InvalidArgumentError(`Invalid --frontend '${frontend}': expected fuse or nbd`);
+    const mountpoint = str(p, 'mount');
+    const fsType = str(p, 'fstype');
+    const workers = str(p, 'workers');
+    const sessionOptions = {
+      target,
+      writable,
+      mkfs: flag(p, 'mkfs'),
+      runDir: str(p, 'run-dir') ?? DEFAULT_RUN_DIR,
+      ...(mountpoint !== undefined ? { mountpoint } : {}),
+      ...(fsType !== undefined ? { fsType } : {}),
+      ...(workers !== undefined ? { workers: Number(workers) } : {}),
+    };
+    if (listen === undefined && frontend === 'fuse') {
+      let session: Session;
+      try {
+        session = await startSupervisedSession({ ...sessionOptions, device: cfg, server: serverCommand(p) });
+        await writeResultFile(resultFile);
+      } catch (e) {
+        await writeResultFile(resultFile, e).catch(() => {});
+        throw e;
       }
-      const frontend = str(p, 'frontend') ?? 'fuse';
-      if (frontend !== 'fuse' && frontend !== 'nbd') throw new InvalidArgumentError(`Invalid --frontend '${frontend}': expected fuse or nbd`);
-      const mountpoint = str(p, 'mount');
-      const fsType = str(p, 'fstype');
-      const workers = str(p, 'workers');
-      const session = await startSession(device, {
-        target,
-        writable,
-        frontend,
-        mkfs: flag(p, 'mkfs'),
-        runDir: str(p, 'run-dir') ?? DEFAULT_RUN_DIR,
-        ...(mountpoint !== undefined ? { mountpoint } : {}),
-        ...(fsType !== undefined ? { fsType } : {}),
-        ...(workers !== undefined ? { workers: Number(workers) } : {}),
-      });
-      io.out(`${session.record.blockDevice}\n`);
-      report(`ready ${JSON.stringify(session.record)}`);
-      await new Promise<void>((resolve) => {
-        const done = (): void => resolve();
-        process.once('SIGTERM', done);
-        process.once('SIGINT', done);
-        void session.closed.then(done);
-      });
-      await session.stop();
-    } finally {
-      await device.close();
+      await runSession(session, { io, report, signal });
+      return;
     }
+    await serveInProcess(cfg, { p, access, resultFile, listen, sessionOptions: { ...sessionOptions, frontend } }, { io, report, signal });
   } catch (e) {
     const err = e as { code?: string; message?: string };
     report(`error ${JSON.stringify({ code: err.code ?? 'ERR_UNKNOWN', message: err.message ?? String(e) })}`);
     throw e;
   } finally {
+    signal.dispose();
     await access.close();
   }
 }
 
+interface Out {
+  io: CliIo;
+  report: (line: string) => void;
+  signal: ReturnType<typeof stopSignal>;
+}
+
+/** Reports the session, waits for a stop signal (or its end), tears it down. */
+async function runSession(session: Session, out: Out): Promise<void> {
+  out.io.out(`${session.record.blockDevice}\n`);
+  out.report(`ready ${JSON.stringify(session.record)}`);
+  await out.signal.wait(session.closed);
+  await session.stop();
+}
+
+/** `--frontend nbd` and `--nbd-listen`: the device is opened and served in this process. */
+async function serveInProcess(
+  cfg: DeviceConfig,
+  how: { p: Parsed; access: ReturnType<typeof remoteAccess>; resultFile: string; listen: string | undefined; sessionOptions: Parameters<typeof startSession>[1] },
+  out: Out,
+): Promise<void> {
+  let device;
+  try {
+    device = await openDevice(cfg, { remote: how.access.opener(cfg.download) });
+    await writeResultFile(how.resultFile);
+  } catch (e) {
+    await writeResultFile(how.resultFile, e).catch(() => {});
+    throw e;
+  }
+  try {
+    if (how.listen !== undefined) {
+      await serveNbdOnly(device, { listen: how.listen, name: how.sessionOptions.target }, out);
+      return;
+    }
+    await runSession(await startSession(device, how.sessionOptions), out);
+  } finally {
+    await device.close();
+  }
+}
+
 /** `--nbd-listen`: only the NBD server, until SIGTERM/SIGINT. */
-async function serveNbdOnly(device: BlockDevice, where: { listen: string; name: string }, out: { io: CliIo; report: (l: string) => void }): Promise<void> {
+async function serveNbdOnly(device: BlockDevice, where: { listen: string; name: string }, out: Out): Promise<void> {
   const server = createNbdServer({ device, name: 'obd' });
   try {
     const l = where.listen;
@@ -156,10 +233,7 @@ async function serveNbdOnly(device: BlockDevice, where: { listen: string; name: 
     const uri = nbdUri(endpoint, 'obd');
     out.io.out(`${uri}\n`);
     out.report(`ready ${JSON.stringify({ blockDevice: uri, pid: process.pid })}`);
-    await new Promise<void>((resolve) => {
-      process.once('SIGTERM', () => resolve());
-      process.once('SIGINT', () => resolve());
-    });
+    await out.signal.wait(new Promise<void>(() => {}));
   } finally {
     await server.close();
   }

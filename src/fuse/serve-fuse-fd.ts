@@ -1,0 +1,281 @@
+/**
+ * Serves a BlockDevice on an already open `/dev/fuse` fd, whoever mounted it: the
+ * server half of `serveFuse`, and what a restartable serving process runs on the fd it
+ * inherits from its supervisor (README.md, "Surviving a restart of the serving process").
+ *
+ * Threads: K reader workers block in `read(2)` on the fd and answer metadata requests
+ * themselves; READ/WRITE/FSYNC/FALLOCATE go to this (the serving) thread, which owns
+ * the device, runs the async device call on the worker's shared buffer in place and
+ * wakes the worker, which writes the reply. Nothing touches the libuv pool.
+ *
+ * A server that takes over a connection from a dead one passes `initialized` (the INIT
+ * reply the kernel got; it sends INIT once per connection) and `resend: true`: before the
+ * readers start, it writes FUSE_NOTIFY_RESEND, and the kernel queues again every request
+ * the dead server had read but not answered.
+ *
+ * @example
+ * ```ts
+ * const fuse = await openFuse(dir);
+ * const service = await serveFuseFd(device, { fd: fuse.fd, config: fuseFileConfig(device) });
+ * await fuse.mount({ readOnly: device.readOnly });
+ * await service.initialized;
+ * ```
+ */
+import { writeSync } from 'node:fs';
+import { constants } from 'node:os';
+import { debuglog } from 'node:util';
+import diagnostics from 'node:diagnostics_channel';
+import type { BlockDevice } from '../io/block-device.ts';
+import { InvalidArgumentError, ObdError } from '../io/errors.ts';
+import { AlignedAccess } from './_aligned-access.ts';
+import { prepareWorkers, startWorker } from './_start-worker.ts';
+import { CTL_BYTES, CTL_F64_AT, Ctl, CtlF64, SHARED_BYTES, Shared, SlotState } from './_channel.ts';
+import type { WorkerMessage } from './_channel.ts';
+import { DEFAULT_MAX_IO, DeviceOpCode, FUSE_PAGE_SIZE } from './request-handler.ts';
+import type { FuseFileConfig } from './request-handler.ts';
+import { OUT_HEADER_SIZE, encodeNotifyResend, viewOf } from './protocol.ts';
+import type { InitOut } from './protocol.ts';
+
+const log = debuglog('obd');
+const E = constants.errno;
+/** `obd:fuse:request` — one message per device request: `{ op, offset, length, result, ms }`. */
+const requestChannel = diagnostics.channel('obd:fuse:request');
+const OP_NAMES: Record<number, string> = { 1: 'READ', 2: 'WRITE', 3: 'FSYNC', 4: 'DISCARD' };
+
+/** Options of {@link serveFuseFd}. */
+export interface ServeFuseFdOptions {
+  /** An open `/dev/fuse` fd; not closed by the server. */
+  fd: number;
+  /** The served file; every server of one connection must use the same. */
+  config: FuseFileConfig;
+  /** Reader threads (= device requests in flight). Default 4. */
+  workers?: number;
+  /** Alignment the device requires; unaligned requests are widened. Default 512. */
+  alignment?: number;
+  /** Log every request with `NODE_DEBUG=obd`. Device errors are always logged there. */
+  debug?: boolean;
+  /** The INIT reply an earlier server of this connection sent (the kernel sends INIT once). */
+  initialized?: InitOut;
+  /** Write FUSE_NOTIFY_RESEND before the readers start (taking over from a dead server). */
+  resend?: boolean;
+}
+
+/**
+ * Why a server ended: `unmounted` — a reader saw ENODEV (the connection was unmounted
+ * or aborted: it is over); `stopped` — {@link FuseService.stop}; `failed` — every reader
+ * failed (the connection may still be alive).
+ */
+export type FuseServiceEnd = 'unmounted' | 'stopped' | 'failed';
+
+/** A running server. */
+export interface FuseService {
+  /** Resolves with INIT's reply once answered (at once with `initialized`), or undefined if the readers stopped first. */
+  readonly initialized: Promise<InitOut | undefined>;
+  /** Resolves when every reader has exited. Never rejects. */
+  readonly done: Promise<FuseServiceEnd>;
+  /**
+   * Makes every reader stop at its next chance (waiting for the mount or for the
+   * device). A reader blocked in `read(2)` leaves only with a request or ENODEV.
+   */
+  stop(): void;
+}
+
+/** The description of the file a device is served as (node 2 in the mount root). */
+export function fuseFileConfig(device: { size: number; readOnly: boolean }, options: { name?: string; directIo?: boolean } = {}): FuseFileConfig {
+  return {
+    name: options.name ?? 'block',
+    size: device.size,
+    readOnly: device.readOnly,
+    directIo: options.directIo ?? true,
+    uid: process.getuid?.() ?? 0,
+    gid: process.getgid?.() ?? 0,
+    time: Math.floor(Date.now() / 1000),
+    maxIo: DEFAULT_MAX_IO,
+  };
+}
+
+interface Channel {
+  bytes: Uint8Array;
+  ctl: Int32Array;
+  f64: Float64Array;
+}
+
+/** errno for a failed device call: the one place device errors meet FUSE. */
+function errnoFor(e: unknown, code: number): number {
+  if (e instanceof ObdError) {
+    switch (e.code) {
+      case 'ERR_INVALID_ARGUMENT':
+        return E.EINVAL;
+      case 'ERR_FAILED_PRECONDITION':
+        return code === DeviceOpCode.READ ? E.EIO : E.EROFS;
+      case 'ERR_UNSUPPORTED':
+        return E.EOPNOTSUPP;
+      default:
+        return E.EIO;
+    }
+  }
+  return E.EIO;
+}
+
+class FdServer implements FuseService {
+  readonly initialized: Promise<InitOut | undefined>;
+  readonly done: Promise<FuseServiceEnd>;
+  readonly #fd: number;
+  readonly #config: FuseFileConfig;
+  readonly #access: AlignedAccess;
+  readonly #shared = new Int32Array(new SharedArrayBuffer(SHARED_BYTES));
+  readonly #channels: Channel[] = [];
+  #resolveDone: (end: FuseServiceEnd) => void = () => {};
+  readonly #ends = new Set<string>();
+  #resolveInit: (init: InitOut | undefined) => void = () => {};
+  #running = 0;
+
+  constructor(device: BlockDevice, options: { fd: number; config: FuseFileConfig; alignment: number; initialized: InitOut | undefined }) {
+    this.#fd = options.fd;
+    this.#config = options.config;
+    this.#access = new AlignedAccess(device, options.alignment);
+    this.done = new Promise((resolve) => (this.#resolveDone = resolve));
+    this.initialized = new Promise((resolve) => (this.#resolveInit = resolve));
+    if (options.initialized !== undefined) this.#resolveInit(options.initialized);
+    void this.done.then(() => this.#resolveInit(undefined));
+  }
+
+  stop(): void {
+    Atomics.store(this.#shared, Shared.STOP, 1);
+  }
+
+  async start(count: number, options: { debug: boolean; initialized: InitOut | undefined }): Promise<void> {
+    const slotBytes = (this.#config.maxIo ?? DEFAULT_MAX_IO) + FUSE_PAGE_SIZE;
+    const shared = this.#shared.buffer as SharedArrayBuffer;
+    this.#running = count; // Counted up front: an early exit must not look like the last one.
+    const exited = (): void => {
+      if (--this.#running > 0) return;
+      this.#resolveDone(this.#ends.has('unmounted') ? 'unmounted' : this.#ends.has('stopped') ? 'stopped' : 'failed');
+    };
+    for (let index = 0; index < count; index++) {
+      const slot = new SharedArrayBuffer(slotBytes);
+      const ctl = new SharedArrayBuffer(CTL_BYTES);
+      this.#channels.push({ bytes: new Uint8Array(slot), ctl: new Int32Array(ctl, 0, 4), f64: new Float64Array(ctl, CTL_F64_AT, 2) });
+      let worker;
+      try {
+        worker = await startWorker({
+          fd: this.#fd,
+          index,
+          slot,
+          ctl,
+          shared,
+          config: this.#config,
+          trace: options.debug,
+          ...(options.initialized !== undefined ? { initialized: options.initialized } : {}),
+        });
+      } catch (e) {
+        this.stop();
+        this.#ends.add('stopped');
+        for (let i = index; i < count; i++) exited();
+        throw e;
+      }
+      worker.on('message', (m: WorkerMessage) => this.#onMessage(m));
+      worker.on('error', (e) => log('fuse: reader %d failed: %s', index, e.message));
+      worker.on('exit', exited);
+    }
+  }
+
+  #onMessage(m: WorkerMessage): void {
+    if (typeof m === 'number') {
+      void this.#run(m);
+    } else if (m.t === 'init') {
+      this.#resolveInit(m.init);
+    } else if (m.t === 'log') {
+      log('%s', m.text);
+    } else if (m.t === 'exit') {
+      this.#ends.add(m.reason.startsWith('failed') ? 'failed' : m.reason);
+      if (m.reason.startsWith('failed')) log('fuse: reader %s', m.reason);
+    }
+  }
+
+  async #run(index: number): Promise<void> {
+    const ch = this.#channels[index] as Channel;
+    const code = ch.ctl[Ctl.CODE] as number;
+    const dataAt = ch.ctl[Ctl.DATA_AT] as number;
+    const offset = ch.f64[CtlF64.OFFSET] as number;
+    const length = ch.f64[CtlF64.LENGTH] as number;
+    const started = requestChannel.hasSubscribers ? performance.now() : 0;
+    let result: number;
+    try {
+      switch (code) {
+        case DeviceOpCode.READ:
+          result = await this.#access.read(ch.bytes.subarray(dataAt, dataAt + length), offset);
+          break;
+        case DeviceOpCode.WRITE:
+          result = await this.#access.write(ch.bytes.subarray(dataAt, dataAt + length), offset);
+          break;
+        case DeviceOpCode.FLUSH:
+          await this.#access.flush();
+          result = 0;
+          break;
+        case DeviceOpCode.TRIM:
+          await this.#access.discard(offset, length);
+          result = 0;
+          break;
+        default:
+          result = -E.EINVAL;
+      }
+    } catch (e) {
+      result = -errnoFor(e, code);
+      log('fuse: %s of %d bytes at %d failed with errno %d: %s', OP_NAMES[code] ?? code, length, offset, -result, (e as Error).message);
+    }
+    if (requestChannel.hasSubscribers) {
+      requestChannel.publish({ op: OP_NAMES[code], offset, length, result, ms: performance.now() - started });
+    }
+    ch.ctl[Ctl.RESULT] = result;
+    Atomics.store(ch.ctl, Ctl.STATE, SlotState.DONE);
+    Atomics.notify(ch.ctl, Ctl.STATE);
+  }
+}
+
+/** Loads what the reader threads need ahead of time, so that a later {@link serveFuseFd} starts them quickly. */
+export async function prepareFuseReaders(): Promise<void> {
+  await prepareWorkers();
+}
+
+/**
+ * Writes FUSE_NOTIFY_RESEND on `fd`: the kernel (≥ 6.9) queues again every request read
+ * from this connection but not answered, with bit 63 of `unique` set. Returns false
+ * (and logs) when the kernel refuses it.
+ */
+export function notifyResend(fd: number): boolean {
+  const bytes = new Uint8Array(OUT_HEADER_SIZE);
+  const n = encodeNotifyResend(viewOf(bytes));
+  try {
+    writeSync(fd, bytes, 0, n);
+    return true;
+  } catch (e) {
+    log('fuse: FUSE_NOTIFY_RESEND refused: %s', (e as Error).message);
+    return false;
+  }
+}
+
+/**
+ * Starts the reader threads on `options.fd` and serves `device` until the connection
+ * ends (ENODEV: unmounted or aborted) or {@link FuseService.stop}. Rejects with
+ * `InvalidArgumentError` for bad options; when a reader cannot start, the others stop.
+ */
+export async function serveFuseFd(device: BlockDevice, options: ServeFuseFdOptions): Promise<FuseService> {
+  const workers = options.workers ?? 4;
+  if (!Number.isSafeInteger(workers) || workers < 1 || workers > 64) {
+    throw new InvalidArgumentError(`Cannot serve FUSE: workers ${workers} is not between 1 and 64`);
+  }
+  const alignment = options.alignment ?? 512;
+  if (!Number.isSafeInteger(alignment) || alignment < 1) {
+    throw new InvalidArgumentError(`Cannot serve FUSE: alignment ${alignment} is not a positive integer`);
+  }
+  if (options.config.size !== device.size || options.config.readOnly !== device.readOnly) {
+    throw new InvalidArgumentError(
+      `Cannot serve FUSE: the device (${device.size} bytes${device.readOnly ? ', read-only' : ''}) does not match the served file (${options.config.size} bytes${options.config.readOnly ? ', read-only' : ''})`,
+    );
+  }
+  const server = new FdServer(device, { fd: options.fd, config: options.config, alignment, initialized: options.initialized });
+  if (options.resend === true) notifyResend(options.fd);
+  await server.start(workers, { debug: options.debug ?? false, initialized: options.initialized });
+  return server;
+}

@@ -1,0 +1,329 @@
+/**
+ * Issue 6 acceptance: `obd rpull` + `ctr run` with a real containerd 1.6, runc and our
+ * snapshotter (needs root, containerd, ctr, runc, docker-registry, FUSE and loop devices).
+ *
+ * Setup: Debian's docker-registry (no auth) gets the upstream converted hello-world image
+ * (`obd push`); a FaultProxy without faults sits in front of it and its host is used in
+ * the image reference, so every blob byte — rpull's and the devices' — is counted. Our
+ * snapshotter daemon runs in-process (`runSnapshotterDaemon`) with the real
+ * `sessionDeviceMounter` (`obd attach` processes: FUSE + loop + mount), and containerd
+ * runs with a private config declaring it as proxy snapshotter `overlaybd`.
+ *
+ * Teardown (also after failures): tasks and containers of our namespace, the containerd
+ * process group and shims serving our socket, the daemon, every `obd attach` session
+ * recorded under the temporary run dir, mounts and loop devices under the temporary
+ * directory, the proxy, the registry and the directory itself.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, openSync, closeSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { main } from '../src/cli/main.ts';
+import { memoryIo } from '../src/cli/io.ts';
+import { runSnapshotterDaemon } from '../src/snapshotter/daemon.ts';
+import { sessionDeviceMounter } from '../src/cli/session-mounter.ts';
+import { listSessions } from '../src/attach/session.ts';
+import { startRegistry, type TestRegistry } from './support/registry.ts';
+import { FaultProxy } from './fakes/fault-proxy.ts';
+import { FIXTURES } from './support/shared.ts';
+
+const LAYOUT = `oci:${join(FIXTURES, 'hello-world-converted')}:amd64-converted`;
+const LAYER_DIGEST = 'sha256:022231c3f1af70e0cc42f0c3781eabf174cff608210585bf93fc83e16d33672d';
+const LAYER_BYTES = 642560;
+const NS = 'obdrpull';
+const TOOLS = ['containerd', 'ctr', 'runc', 'docker-registry', 'losetup'];
+
+function which(tool: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${tool}`], { timeout: 5000 }).status === 0;
+}
+
+function skipReason(): string | false {
+  if (process.getuid?.() !== 0) return 'needs root';
+  const missing = TOOLS.filter((t) => !which(t));
+  if (missing.length > 0) return `needs ${missing.join(', ')} (apt-get install containerd runc docker-registry)`;
+  if (!existsSync('/dev/fuse')) return 'needs /dev/fuse';
+  if (process.arch !== 'x64') return 'the fixture image is linux/amd64';
+  return false;
+}
+
+const skip = skipReason();
+/** containerd 1.6 puts shim sockets in /run/containerd/s whatever its config says. */
+const RUN_DIR = '/run/containerd';
+let runDirExisted = true;
+let dir = '';
+let runDir = '';
+let reg: TestRegistry | undefined;
+let proxy: FaultProxy | undefined;
+let containerd: ChildProcess | undefined;
+let daemonStop: AbortController | undefined;
+let daemonDone: Promise<void> | undefined;
+let ref = '';
+let proxyHost = '';
+
+function sh(argv: string[], timeoutMs = 120_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(argv[0] as string, argv.slice(1), { timeout: timeoutMs, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`${argv.join(' ')} failed: ${err.message} ${stderr}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+const sock = (): string => join(dir, 'containerd.sock');
+const ctr = (...args: string[]): Promise<string> => sh(['ctr', '-a', sock(), '-n', NS, ...args]);
+const ctrRun = (...args: string[]): Promise<string> =>
+  ctr('run', '--rm', '--snapshotter', 'overlaybd', '--runc-root', join(dir, 'runc'), '--fifo-dir', join(dir, 'fifo'), ...args);
+
+/** Runs containerd's garbage collector now: deleting a lease with `--sync` collects synchronously. */
+async function collectGarbage(): Promise<void> {
+  const id = `obd-gc-${Date.now()}`;
+  await ctr('leases', 'create', '--id', id);
+  await ctr('leases', 'rm', '--sync', id);
+}
+
+async function obd(...args: string[]): Promise<string> {
+  const io = memoryIo();
+  const code = await main(args, io);
+  assert.equal(code, 0, `obd ${args.join(' ')} exited ${code}: ${io.stderr}`);
+  return io.stdout;
+}
+
+async function waitForContainerd(): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (containerd?.exitCode !== null && containerd?.exitCode !== undefined) {
+      throw new Error(`containerd exited with ${containerd.exitCode}: ${await readFile(join(dir, 'containerd.log'), 'utf8').catch(() => '')}`);
+    }
+    try {
+      await sh(['ctr', '-a', sock(), 'version'], 5000);
+      return;
+    } catch (e) {
+      if (Date.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}
+
+/** PIDs of processes (shims) whose command line names our containerd socket. */
+function shimPids(): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (readFileSync(`/proc/${name}/cmdline`, 'latin1').split('\0').includes(sock())) out.push(Number(name));
+    } catch {
+      // gone
+    }
+  }
+  return out.filter((p) => p !== containerd?.pid);
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+before(async () => {
+  if (skip !== false) return;
+  runDirExisted = existsSync(RUN_DIR);
+  // Short path: unix socket paths are limited to 108 bytes.
+  dir = await mkdtemp('/tmp/obd-rp-');
+  runDir = join(dir, 'run');
+  reg = await startRegistry({ auth: 'none' });
+  await obd('push', LAYOUT, `${reg.host}/obd/hello-world:rpull`, '--plain-http', reg.host);
+  proxy = await FaultProxy.start({ upstream: reg.url });
+  proxyHost = new URL(proxy.url).host;
+  ref = `${proxyHost}/obd/hello-world:rpull`;
+
+  const snConfig = join(dir, 'snapshotter.json');
+  await writeFile(
+    snConfig,
+    JSON.stringify({ root: join(dir, 'sn'), address: join(dir, 'sn.sock'), rwMode: 'overlayfs', mirrorRegistry: [{ host: proxyHost, insecure: true }] }),
+  );
+  daemonStop = new AbortController();
+  let ready: () => void = () => undefined;
+  const isReady = new Promise<void>((r) => {
+    ready = r;
+  });
+  daemonDone = runSnapshotterDaemon(snConfig, {
+    deviceMounter: sessionDeviceMounter({ runDir }),
+    signal: daemonStop.signal,
+    handleSignals: false,
+    onReady: () => ready(),
+  });
+  await Promise.race([isReady, daemonDone.then(() => assert.fail('the snapshotter daemon stopped before it was ready'))]);
+
+  await writeFile(
+    join(dir, 'config.toml'),
+    [
+      'version = 2',
+      `root = "${join(dir, 'root')}"`,
+      `state = "${join(dir, 'state')}"`,
+      'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+      '[grpc]',
+      `  address = "${sock()}"`,
+      '[ttrpc]',
+      `  address = "${sock()}.ttrpc"`,
+      '[debug]',
+      '  address = ""',
+      '[proxy_plugins.overlaybd]',
+      '  type = "snapshot"',
+      `  address = "${join(dir, 'sn.sock')}"`,
+      '',
+    ].join('\n'),
+  );
+  const log = openSync(join(dir, 'containerd.log'), 'w');
+  containerd = spawn('containerd', ['--config', join(dir, 'config.toml')], { detached: true, stdio: ['ignore', log, log] });
+  closeSync(log);
+  await waitForContainerd();
+});
+
+after(async () => {
+  if (skip !== false || dir === '') return;
+  const tidy = async (what: string, fn: () => Promise<unknown>): Promise<void> => {
+    try {
+      await fn();
+    } catch (e) {
+      console.error(`cleanup (${what}): ${(e as Error).message}`);
+    }
+  };
+  if (containerd?.exitCode === null) {
+    await tidy('tasks', async () => {
+      for (const line of (await ctr('tasks', 'ls', '-q')).split('\n').filter(Boolean)) await ctr('tasks', 'kill', '-s', 'SIGKILL', line).catch(() => undefined);
+      for (const line of (await ctr('tasks', 'ls', '-q')).split('\n').filter(Boolean)) await ctr('tasks', 'rm', '-f', line).catch(() => undefined);
+    });
+    await tidy('containers', async () => {
+      for (const line of (await ctr('containers', 'ls', '-q')).split('\n').filter(Boolean)) await ctr('containers', 'rm', line);
+    });
+    await tidy('containerd', async () => {
+      const exited = new Promise<void>((r) => containerd!.once('exit', () => r()));
+      process.kill(-containerd!.pid!, 'SIGTERM');
+      const timer = setTimeout(() => {
+        try {
+          process.kill(-containerd!.pid!, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }, 10_000);
+      await exited;
+      clearTimeout(timer);
+    });
+  }
+  for (const pid of shimPids()) await tidy(`shim ${pid}`, async () => process.kill(pid, 'SIGKILL'));
+  await tidy('daemon', async () => {
+    daemonStop?.abort();
+    await daemonDone;
+  });
+  // Sessions: SIGTERM lets each tear down its mount, loop device and FUSE connection.
+  const pids = new Set<number>();
+  await tidy('sessions', async () => {
+    for (const s of await listSessions(runDir)) {
+      pids.add(s.pid);
+      try {
+        process.kill(s.pid, 'SIGTERM');
+      } catch {
+        // gone
+      }
+    }
+    for (let i = 0; i < 150 && [...pids].some(alive); i++) await new Promise((r) => setTimeout(r, 100));
+  });
+  await tidy('mounts', async () => {
+    for (const line of readFileSync('/proc/mounts', 'utf8').split('\n').reverse()) {
+      const mp = line.split(' ')[1];
+      if (mp !== undefined && mp.startsWith(dir)) spawnSync('umount', ['-l', mp], { timeout: 10_000 });
+    }
+  });
+  await tidy('loops', async () => {
+    for (const line of spawnSync('losetup', ['-a'], { encoding: 'utf8', timeout: 10_000 }).stdout.split('\n')) {
+      if (line.includes(dir)) spawnSync('losetup', ['-d', line.split(':')[0] as string], { timeout: 10_000 });
+    }
+  });
+  for (const pid of pids) {
+    await tidy(`session ${pid}`, async () => {
+      if (alive(pid)) process.kill(pid, 'SIGKILL');
+    });
+  }
+  await tidy('proxy', async () => proxy?.close());
+  await tidy('registry', async () => reg?.stop());
+  await tidy('dir', () => rm(dir, { recursive: true, force: true }));
+  if (!runDirExisted) {
+    for (const d of [join(RUN_DIR, 's'), join(RUN_DIR, 'fifo'), RUN_DIR]) await rmdir(d).catch(() => undefined);
+  }
+});
+
+const T = { skip, timeout: 240_000 };
+
+test('obd rpull records the image in containerd and fetches no layer data', T, async () => {
+  proxy!.resetCounters();
+  const out = await obd('rpull', ref, '--address', sock(), '--namespace', NS, '--plain-http', proxyHost);
+  const fetched = proxy!.counters.bytesSent;
+  console.log(`# rpull: ${fetched} bytes through the proxy (${proxy!.counters.requests} requests, ${proxy!.counters.blobGets} blob GETs), layer ${LAYER_BYTES} bytes`);
+  assert.ok(fetched < LAYER_BYTES * 0.05, `rpull fetched ${fetched} bytes`);
+  assert.match(out, new RegExp(`layer 0 ${LAYER_DIGEST} \\(${LAYER_BYTES} bytes\\): remote snapshot ${LAYER_DIGEST}`));
+  assert.match(out, /image created/);
+  assert.match(await ctr('images', 'ls', '-q'), new RegExp(ref.replace(/[.]/g, '\\.')));
+  // The layer is a committed snapshot of the overlaybd snapshotter, named by its chain ID.
+  assert.match(await ctr('snapshots', '--snapshotter', 'overlaybd', 'ls'), new RegExp(`^${LAYER_DIGEST}\\s+Committed`, 'm'));
+  // The config carries the GC reference to it, as containerd's unpacker sets it.
+  const content = await ctr('content', 'ls');
+  assert.match(content, new RegExp(`containerd\\.io/gc\\.ref\\.snapshot\\.overlaybd=${LAYER_DIGEST}`));
+  assert.match(content, /containerd\.io\/gc\.ref\.content\.config=sha256:b67b1f12/);
+  // rpull's lease is gone, and the snapshot survives a garbage collection.
+  assert.doesNotMatch(await ctr('leases', 'ls'), /obd-rpull-/);
+  await collectGarbage();
+  assert.match(await ctr('snapshots', '--snapshotter', 'overlaybd', 'ls'), new RegExp(`^${LAYER_DIGEST}\\s+Committed`, 'm'));
+});
+
+test('rpull again finds the layer present and updates the image', T, async () => {
+  proxy!.resetCounters();
+  const out = await obd('rpull', ref, '--address', sock(), '--namespace', NS, '--plain-http', proxyHost);
+  assert.match(out, /already present/);
+  assert.match(out, /image updated/);
+  assert.ok(proxy!.counters.bytesSent < LAYER_BYTES * 0.05);
+});
+
+test('ctr run on the overlaybd snapshotter runs hello-world from the lazily read device', T, async () => {
+  proxy!.resetCounters();
+  const out = await ctrRun(ref, 'hello');
+  console.log(`# ctr run (overlayfs): ${proxy!.counters.bytesSent} blob bytes read on demand (${proxy!.counters.rangeGets} range GETs)`);
+  assert.match(out, /Hello from Docker!/);
+  assert.ok(proxy!.counters.rangeGets > 0, 'the device read the layer through the proxy');
+  const sessions = await listSessions(runDir);
+  assert.equal(sessions.length, 1, 'one shared image device');
+});
+
+test('ctr run with overlaybd.writable=dir runs on its own writable device', T, async () => {
+  proxy!.resetCounters();
+  const out = await ctrRun('--snapshotter-label', 'containerd.io/snapshot/overlaybd.writable=dir', ref, 'hello-dir');
+  console.log(`# ctr run (dir): ${proxy!.counters.bytesSent} blob bytes read`);
+  assert.match(out, /Hello from Docker!/);
+  // `--rm` removed the container snapshot; containerd's collector removes it from the
+  // snapshotter, which detaches its writable device.
+  await collectGarbage();
+  const sessions = await listSessions(runDir);
+  assert.equal(sessions.length, 1, `only the shared image device is left: ${sessions.map((s) => s.target).join(', ')}`);
+});
+
+test('ctr run with overlaybd.writable=dev mounts the raw writable device itself', T, async () => {
+  const out = await ctrRun('--snapshotter-label', 'containerd.io/snapshot/overlaybd.writable=dev', ref, 'hello-dev');
+  assert.match(out, /Hello from Docker!/);
+  await collectGarbage();
+  const sessions = await listSessions(runDir);
+  assert.equal(sessions.length, 1, `only the shared image device is left: ${sessions.map((s) => s.target).join(', ')}`);
+});
+
+test('rpull of a plain (non-overlaybd) image fails clearly and records nothing', T, async () => {
+  const plainRef = `${proxyHost}/obd/hello-world:plain`;
+  await obd('push', `oci:${join(FIXTURES, 'hello-world-converted')}:amd64`, plainRef, '--plain-http', proxyHost);
+  const io = memoryIo();
+  const code = await main(['rpull', plainRef, '--address', sock(), '--namespace', NS, '--plain-http', proxyHost], io);
+  assert.notEqual(code, 0);
+  assert.match(io.stderr, /layer 0 .* has no containerd\.io\/snapshot\/overlaybd\/blob-digest annotation \(not an overlaybd image/);
+  assert.doesNotMatch(await ctr('images', 'ls', '-q'), /:plain/);
+});
