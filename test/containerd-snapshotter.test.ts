@@ -340,7 +340,14 @@ test('an overlaybd layer prepared through containerd becomes a remote snapshot; 
   await ctr('images', 'import', '--no-unpack', await buildImage({ tag: 'remote', name: ref, marker: 'from-the-layer-blob\n', layerAnnotations: annotations }));
   // One uncompressed layer: its chain ID is its diff ID is its digest.
   const chainID = layer.digest;
-  const viaContainerd = createSnapshotterClient(join(dir, 'containerd.sock'), { name: 'overlaybd', metadata: { 'containerd-namespace': NS } });
+  // Under a lease, as containerd's pull unpacker does: else containerd's garbage collector may
+  // delete the committed remote snapshot (nothing references it yet) before `ctr run` uses it.
+  const lease = 'obd-test-remote';
+  await ctr('leases', 'create', '--id', lease);
+  const viaContainerd = createSnapshotterClient(join(dir, 'containerd.sock'), {
+    name: 'overlaybd',
+    metadata: { 'containerd-namespace': NS, 'containerd-lease': lease },
+  });
   try {
     await assert.rejects(
       viaContainerd.prepare(`extract-1 ${chainID}`, '', { labels: { ...annotations(layer), [LABELS.targetRef]: chainID } }),
@@ -391,6 +398,7 @@ test('an overlaybd layer prepared through containerd becomes a remote snapshot; 
   assert.equal(out, 'from-the-overlaybd-device\n', 'the rootfs came from the device mount, not from the layer blob');
   assert.deepEqual(mounter!.callsOf('mount').map((c) => [c.configPath, c.options.writable, c.options.fstype]), [[configPath, false, 'ext4']]);
   assert.equal(readdirSync(join(deviceDir, 'etc')).includes('new'), false, 'container writes stay in its upper dir');
+  await ctr('leases', 'delete', lease);
   await ctr('images', 'rm', '--sync', ref);
   assert.deepEqual(mounter!.mounted, [], 'removing the image detached its device');
   const left: string[] = [];
