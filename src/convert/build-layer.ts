@@ -28,6 +28,7 @@ import type { DeviceConfig, LowerConfig } from '../image/device-config.ts';
 import { openDevice } from '../device/open-device.ts';
 import { startSession } from '../attach/session.ts';
 import type { ApplyOptions, ApplyStats, LayerApplier } from './layer-applier.ts';
+import { DataCorruptionError } from '../io/errors.ts';
 
 export interface BuildLayerOptions {
   /** Work directory of this layer (created). */
@@ -52,6 +53,12 @@ export interface BuildLayerOptions {
   /** Keep `writable_data`/`writable_index` after the commit. */
   keepWritable?: boolean;
   applyOptions?: ApplyOptions;
+  /**
+   * Checked after the apply, before the commit: the blob's digest and size (its
+   * descriptor) and the uncompressed digest (its diff_id). `what` starts the error
+   * message (default "Cannot apply the layer").
+   */
+  expect?: { blobDigest?: string; blobSize?: number; diffId?: string; what?: string };
   /** Called once the apply is done, before the commit starts. */
   onCommit?: () => void;
 }
@@ -60,6 +67,17 @@ export interface BuiltLayer {
   /** `DIR/overlaybd.commit`: the tar-wrapped ZFile blob. */
   file: string;
   stats: ApplyStats;
+}
+
+function checkExpected(stats: ApplyStats, expect: BuildLayerOptions['expect']): void {
+  if (expect === undefined) return;
+  const what = expect.what ?? 'Cannot apply the layer';
+  if ((expect.blobDigest !== undefined && stats.blobDigest !== expect.blobDigest) || (expect.blobSize !== undefined && stats.blobBytes !== expect.blobSize)) {
+    throw new DataCorruptionError(`${what}: the blob has ${stats.blobBytes} bytes hashing to ${stats.blobDigest}, expected ${expect.blobSize ?? '?'} bytes hashing to ${expect.blobDigest ?? '?'}`);
+  }
+  if (expect.diffId !== undefined && stats.diffId !== expect.diffId) {
+    throw new DataCorruptionError(`${what}: its content hashes to ${stats.diffId}, the config says ${expect.diffId}`);
+  }
 }
 
 function lower(file: string): LowerConfig {
@@ -94,6 +112,7 @@ export async function buildLayer(layer: AsyncIterable<Uint8Array>, options: Buil
     };
     await writeFile(join(dir, 'config.json'), JSON.stringify({ repoBlobUrl: '', lowers: cfg.lowers.map((l) => ({ file: l.file })), upper: { index, data }, resultFile: '' }), { mode: 0o600 });
     const stats = await applyOnDevice(layer, { cfg, mountpoint: join(dir, 'mnt'), ...options });
+    checkExpected(stats, options.expect);
     options.onCommit?.();
     await commitFile({ data, index }, file, {
       zfile: { ...options.zfile, verify: true, rewriteHeader: true },

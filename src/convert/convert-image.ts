@@ -38,17 +38,18 @@
 import { createHash } from 'node:crypto';
 import { channel } from 'node:diagnostics_channel';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { DataCorruptionError, FailedPreconditionError, InvalidArgumentError, UnsupportedError } from '../io/errors.ts';
+import { DataCorruptionError, FailedPreconditionError, InvalidArgumentError, ObdError, UnsupportedError } from '../io/errors.ts';
 import { ANNOTATIONS, isIndexMediaType, isManifestMediaType, MEDIA_TYPES, type Descriptor, type Index, type Manifest } from '../image/descriptor.ts';
 import { openImageEndpoint, type ImageEndpoint } from '../image/image-endpoint.ts';
 import { isOciLayoutRef, parseOciLayoutRef } from '../image/oci-layout.ts';
 import { parseRepoBlobUrl, type RemoteAccess } from '../image/remote-access.ts';
 import { OVERLAYBD_VERSION } from '../image/write-image.ts';
 import { buildLayer } from './build-layer.ts';
+import { DEFAULT_BASE_LAYER, wrapBaseLayer } from './base-layer.ts';
 import { chainIds, layerUuid } from './chain-id.ts';
 import type { BlobLocation, CachedLayer, ConversionCache } from './conversion-cache.ts';
 import { configDiffIds, convertImageConfig, marshalIndex, marshalManifest } from './image-json.ts';
@@ -87,8 +88,13 @@ export interface ConvertImageOptions {
   fsType?: string;
   /** Virtual device size in GiB (default 64). */
   vsizeGb?: number;
-  /** mkfs the bottom layer (default true; false is not supported yet). */
+  /**
+   * mkfs the bottom layer (default true). False builds on the prebuilt base layer
+   * (`baseLayer`), which is prepended to the image (image-format.md §4.3).
+   */
   mkfs?: boolean;
+  /** The raw ZFile of an empty ext4 (default upstream's `/opt/overlaybd/baselayers/ext4_64`). */
+  baseLayer?: string;
   algorithm?: 'lz4' | 'zstd';
   /** ZFile block size in bytes (default 4096). */
   blockSize?: number;
@@ -111,6 +117,8 @@ export interface ConvertImageOptions {
   access?: RemoteAccess;
   applier?: LayerApplier;
   onEvent?: (e: ConvertEvent) => void;
+  /** Interrupts the conversion: the running apply is stopped, devices are torn down, nothing is pushed. */
+  signal?: AbortSignal;
 }
 
 export interface ConvertResult {
@@ -188,6 +196,13 @@ export function endpointLocation(ep: ImageEndpoint): BlobLocation {
   throw new InvalidArgumentError(`Cannot locate the blobs of ${ep.name}`);
 }
 
+/** The same domain error with `prefix: ` in front of its message (the cause kept). */
+function withContext(e: unknown, prefix: string): unknown {
+  if (!(e instanceof ObdError) || e.message.startsWith(prefix)) return e;
+  const Cls = e.constructor as new (message: string, options?: { cause?: unknown }) => ObdError;
+  return new Cls(`${prefix}: ${e.message}`, { cause: e });
+}
+
 /** Passes a stream through, hashing and counting it; fails at the end on a digest or size mismatch. */
 async function* verified(source: AsyncIterable<Uint8Array>, desc: Descriptor, onBytes?: (n: number) => void): AsyncGenerator<Uint8Array> {
   const h = createHash('sha256');
@@ -224,7 +239,8 @@ class Conversion {
   readonly #workDirs: string[] = [];
   readonly #endpoints = new Map<string, Promise<ImageEndpoint>>();
   #count = 0;
-  #failed = false;
+  /** The first failure: later work stops and this is what the conversion reports. */
+  #failure: unknown;
   readonly result: Omit<ConvertResult, 'descriptor'> = {
     manifests: 0,
     layersConverted: 0,
@@ -243,7 +259,7 @@ class Conversion {
     this.#applier = o.applier ?? new SubprocessApplier();
     this.#workDir = resolve(o.workDir);
     this.#runDir = resolve(o.runDir ?? join(o.workDir, 'run'));
-    this.#recipe = `fs=${this.#fsType};mkfs=1;vsize=${this.#vsizeGb};${o.algorithm ?? 'lz4'};bs=${o.blockSize ?? 4096};sparse=${o.disableSparse === true ? 0 : 1}`;
+    this.#recipe = `fs=${this.#fsType};mkfs=${o.mkfs === false ? 0 : 1};vsize=${this.#vsizeGb};${o.algorithm ?? 'lz4'};bs=${o.blockSize ?? 4096};sparse=${o.disableSparse === true ? 0 : 1}`;
     this.#dstLocation = endpointLocation(dst);
   }
 
@@ -255,24 +271,49 @@ class Conversion {
     return this.#o.vsizeGb ?? 64;
   }
 
+  /** Throws when interrupted or after another manifest failed. */
+  #check(): void {
+    if (this.#o.signal?.aborted === true) throw new FailedPreconditionError('Cannot convert: interrupted');
+    if (this.#failure !== undefined) throw new FailedPreconditionError('Cannot convert: stopped after another manifest failed');
+  }
+
   #emit(e: ConvertEvent): void {
     this.#o.onEvent?.(e);
     if (events.hasSubscribers) events.publish(e);
   }
 
-  async run(): Promise<ConvertResult> {
-    if (this.#o.mkfs === false) {
-      throw new UnsupportedError('Cannot convert without mkfs: the prebuilt base layer (--mkfs=false) is not supported yet');
+  /** The wrapped base layer (`mkfs: false`): its file in the work dir and descriptor. */
+  #base: { file: string; raw: string; desc: Descriptor } | undefined;
+
+  async #prepareBase(): Promise<void> {
+    if (this.#o.mkfs !== false) return;
+    const raw = resolve(this.#o.baseLayer ?? DEFAULT_BASE_LAYER);
+    let bytes: Uint8Array;
+    try {
+      bytes = await readFile(raw);
+    } catch (e) {
+      throw new FailedPreconditionError(`Cannot convert without mkfs: cannot read the base layer ${raw} (${(e as Error).message})`, { cause: e });
     }
+    const blob = wrapBaseLayer(bytes);
+    const file = join(this.#workDir, `base-layer-${process.pid}.tar`);
+    await writeFile(file, blob);
+    this.#base = { file, raw, desc: this.#layerDescriptor(sha256(blob), blob.length) };
+  }
+
+  async run(): Promise<ConvertResult> {
     const tag = this.#o.tag ?? this.#dst.tag ?? this.#src.tag;
     if (tag === undefined) throw new InvalidArgumentError(`Cannot convert to ${this.#dst.name}: no tag given`);
     await mkdir(this.#workDir, { recursive: true });
     try {
+      await this.#prepareBase();
       const top = await this.#process(await this.#src.resolve(), 0);
       await this.#push(top, tag);
       return { descriptor: top.desc, ...this.result };
     } finally {
-      if (this.#o.reserve !== true) for (const d of this.#workDirs) await removeWorkDir(d);
+      if (this.#o.reserve !== true) {
+        for (const d of this.#workDirs) await removeWorkDir(d);
+        if (this.#base !== undefined) await rm(this.#base.file, { force: true });
+      }
     }
   }
 
@@ -283,10 +324,10 @@ class Conversion {
     const mediaType = desc.mediaType || (typeof doc['mediaType'] === 'string' ? doc['mediaType'] : Array.isArray(doc['manifests']) ? MEDIA_TYPES.ociIndex : MEDIA_TYPES.ociManifest);
     if (isIndexMediaType(mediaType)) return this.#convertIndex({ ...desc, mediaType }, doc as unknown as Index, depth);
     if (isManifestMediaType(mediaType)) {
-      return this.#sem.run(() => {
-        if (this.#failed) throw new InvalidArgumentError('Cannot convert: another manifest failed');
+      return this.#sem.run(async () => {
+        this.#check();
         return this.#convertManifest({ ...desc, mediaType }, doc as unknown as Manifest).catch((e: unknown) => {
-          this.#failed = true;
+          this.#failure ??= e;
           throw e;
         });
       });
@@ -303,7 +344,7 @@ class Conversion {
     });
     const settled = await Promise.allSettled(kept.map((child) => this.#process(child, depth + 1)));
     const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-    if (failed !== undefined) throw failed.reason;
+    if (failed !== undefined) throw this.#failure ?? failed.reason;
     const children = settled.map((s) => (s as PromiseFulfilledResult<ManifestOut | IndexOut>).value);
     const mediaType = this.#o.oci === true ? MEDIA_TYPES.ociIndex : (idx.mediaType ?? desc.mediaType);
     const out: Index = {
@@ -348,7 +389,9 @@ class Conversion {
       throw new UnsupportedError(`Cannot convert manifest ${desc.digest}: not a schema 2 image manifest`);
     }
     const platform = platformOf(desc);
-    const w = join(this.#workDir, `${n}-${platform.replace(/\//g, '_')}-${desc.digest.slice(7)}`);
+    // Upstream's `<n>-<platform>-<digest hex>`, plus the process ID: two conversions
+    // sharing a work dir must not clear each other's directories.
+    const w = join(this.#workDir, `${n}-${platform.replace(/\//g, '_')}-${desc.digest.slice(7)}-${process.pid}`);
     this.#workDirs.push(w);
     if (!(await removeWorkDir(w))) throw new FailedPreconditionError(`Cannot convert into ${w}: a file system is still mounted below it`);
     await mkdir(w, { recursive: true });
@@ -363,8 +406,12 @@ class Conversion {
     const dirOf = (i: number): string => join(w, `${String(i).padStart(4, '0')}_${(layers[i] as Descriptor).digest}`);
     const out: LayerOut[] = [];
 
+    // 0. The base layer (mkfs: false) below everything.
+    const base = this.#base;
+    const bottom: LayerOut[] = base === undefined ? [] : [{ desc: base.desc, chainId: '', parentDigest: '', file: base.file }];
+
     // 1. The longest prefix already converted.
-    let parentDigest = '';
+    let parentDigest = base?.desc.digest ?? '';
     if (this.#o.cache !== undefined) {
       for (let i = 0; i < layers.length; i++) {
         const hit = await this.#lookup({ chainId: chain[i] as string, recipe: this.#recipe, parentDigest });
@@ -379,7 +426,7 @@ class Conversion {
     // 2. Build the rest on top of it.
     const first = out.length;
     if (first < layers.length) {
-      const lowers: string[] = [];
+      const lowers: string[] = base === undefined ? [] : [base.raw];
       for (const [i, l] of out.entries()) {
         l.file = join(dirOf(i), 'overlaybd.commit');
         await mkdir(dirOf(i), { recursive: true });
@@ -389,13 +436,15 @@ class Conversion {
       const downloads = this.#startDownloads(layers, { first, dirOf, platform });
       try {
         for (let i = first; i < layers.length; i++) {
-          if (this.#failed) throw new InvalidArgumentError('Cannot convert: another manifest failed');
+          this.#check();
           const source = await (downloads[i] as () => Promise<AsyncIterable<Uint8Array>>)();
           const count = layers.length;
-          const stats = await this.#build(source, { i, count, platform, dir: dirOf(i), lowers, chain });
-          if (stats.stats.diffId !== diffIds[i]) {
-            throw new DataCorruptionError(`Cannot convert layer ${i} (${(layers[i] as Descriptor).digest}): its content hashes to ${stats.stats.diffId}, the config says ${diffIds[i]}`);
-          }
+          const layer = layers[i] as Descriptor;
+          const context = `Cannot convert layer ${i} (${layer.digest})${platform ? ` of ${platform}` : ''}`;
+          const expect = { blobDigest: layer.digest, blobSize: layer.size, diffId: diffIds[i] as string, what: context };
+          const stats = await this.#build(source, { i, count, platform, dir: dirOf(i), lowers, chain, expect }).catch((e: unknown) => {
+            throw withContext(e, context);
+          });
           const { digest, size } = await fileDigest(stats.file);
           this.#emit({ type: 'layer', platform, index: i, count, phase: 'commit', bytes: size, done: true });
           out.push({ desc: this.#layerDescriptor(digest, size), chainId: chain[i] as string, parentDigest, file: stats.file });
@@ -409,6 +458,7 @@ class Conversion {
     }
 
     // 3. Config and manifest.
+    out.unshift(...bottom);
     const configBytes = convertImageConfig(configSrc, out.map((l) => l.desc.digest));
     const oci = this.#o.oci === true;
     const configDesc: Descriptor = { mediaType: oci ? MEDIA_TYPES.ociConfig : MEDIA_TYPES.dockerConfig, digest: sha256(configBytes), size: configBytes.length };
@@ -425,7 +475,7 @@ class Conversion {
 
   async #build(
     source: AsyncIterable<Uint8Array>,
-    at: { i: number; count: number; platform: string; dir: string; lowers: string[]; chain: string[] },
+    at: { i: number; count: number; platform: string; dir: string; lowers: string[]; chain: string[]; expect: { blobDigest: string; blobSize: number; diffId: string; what: string } },
   ): Promise<{ file: string; stats: ApplyStats }> {
     const { i, count, platform } = at;
     this.#emit({ type: 'layer', platform, index: i, count, phase: 'apply', bytes: 0, done: false });
@@ -434,7 +484,7 @@ class Conversion {
       dir: at.dir,
       lowers: at.lowers,
       virtualSize: this.#vsizeGb * 2 ** 30,
-      mkfs: i === 0,
+      mkfs: i === 0 && this.#o.mkfs !== false,
       fsType: this.#fsType,
       uuid: layerUuid(at.chain[i] as string),
       parentUuid: i > 0 ? layerUuid(at.chain[i - 1] as string) : undefined,
@@ -443,12 +493,14 @@ class Conversion {
       applier: this.#applier,
       ...(this.#o.disableSparse === true ? { disableSparse: true } : {}),
       keepWritable: this.#o.reserve === true,
+      expect: at.expect,
       applyOptions: {
         onProgress: (p) => {
           applied = p.tarBytes;
           this.#emit({ type: 'layer', platform, index: i, count, phase: 'apply', bytes: p.tarBytes, done: false });
         },
         onWarning: (wn) => this.#emit({ type: 'warning', platform, index: i, entry: wn.entry, message: wn.message }),
+        ...(this.#o.signal !== undefined ? { signal: this.#o.signal } : {}),
       },
       onCommit: () => {
         this.#emit({ type: 'layer', platform, index: i, count, phase: 'apply', bytes: applied, done: true });
@@ -472,13 +524,14 @@ class Conversion {
     const pending: Array<Promise<unknown>> = [];
     const sources = layers.map((desc, i) => {
       if (i < at.first) return async (): Promise<AsyncIterable<Uint8Array>> => Readable.from([]);
-      if (!remote) return async (): Promise<AsyncIterable<Uint8Array>> => verified(await this.#src.blobStream(desc), desc);
+      // Local blobs are verified by the applier (blobDigest), off this thread.
+      if (!remote) return async (): Promise<AsyncIterable<Uint8Array>> => this.#src.blobStream(desc);
       const file = join(at.dirOf(i), 'layer.blob');
       const done = sem.run(async () => {
-        if (this.#failed) throw new InvalidArgumentError('Cannot convert: another manifest failed');
+        this.#check();
         await mkdir(at.dirOf(i), { recursive: true });
         const progress = (n: number): void => this.#emit({ type: 'layer', platform: at.platform, index: i, count: layers.length, phase: 'download', bytes: n, total: desc.size, done: false });
-        await pipeline(Readable.from(verified(await this.#src.blobStream(desc), desc, progress)), createWriteStream(file));
+        await pipeline(Readable.from(verified(await this.#src.blobStream(desc), desc, progress)), createWriteStream(file), ...(this.#o.signal ? [{ signal: this.#o.signal }] : []));
         this.#emit({ type: 'layer', platform: at.platform, index: i, count: layers.length, phase: 'download', bytes: desc.size, total: desc.size, done: true });
       });
       done.catch(() => {});
@@ -584,6 +637,7 @@ class Conversion {
     } else {
       await this.#transfer(row, l.desc, progress);
     }
+    if (l.chainId === '') return; // the base layer
     this.#o.cache?.record({ ...this.#dstLocation, chainId: l.chainId, recipe: this.#recipe, parentDigest: l.parentDigest, digest: l.desc.digest, size: l.desc.size });
   }
 

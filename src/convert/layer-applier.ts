@@ -36,6 +36,9 @@ export interface ApplyStats {
   tarBytes: number;
   /** `sha256:<hex>` of the uncompressed stream: the layer's diff_id. */
   diffId: string;
+  /** `sha256:<hex>` and size of the blob as given (compressed): its descriptor digest. */
+  blobDigest: string;
+  blobBytes: number;
   compression: Compression;
 }
 
@@ -51,6 +54,8 @@ export interface ApplyOptions {
   onWarning?: (w: ApplyWarning) => void;
   /** Called every few MiB of the uncompressed stream. */
   onProgress?: (p: { tarBytes: number; entries: number }) => void;
+  /** Stops the apply (between entries in process; by killing the child process). */
+  signal?: AbortSignal;
 }
 
 export interface LayerApplier {
@@ -79,6 +84,8 @@ export function emptyStats(): ApplyStats {
     fileBytes: 0,
     tarBytes: 0,
     diffId: '',
+    blobDigest: '',
+    blobBytes: 0,
     compression: 'none',
   };
 }

@@ -14,16 +14,17 @@
  *   followed: callers create, replace or unlink it with `O_NOFOLLOW`/`lstat` semantics.
  *
  * Resolved directories are cached until `invalidate()` (call it whenever a directory or
- * symlink is removed or replaced).
+ * symlink is removed or replaced). File-system calls are synchronous (see
+ * `DirectoryApplier`).
  *
  * @example
  * ```ts
  * const root = new ScopedRoot('/mnt/rootfs');
- * const parent = await root.resolveDir('usr/lib', { create: true, entry: 'usr/lib/x.so' });
+ * const parent = root.resolveDir('usr/lib', { create: true, entry: 'usr/lib/x.so' });
  * // '/mnt/rootfs/usr/lib' (or wherever a symlink inside the root leads)
  * ```
  */
-import { lstat, mkdir, readlink } from 'node:fs/promises';
+import { lstatSync, mkdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { FailedPreconditionError, InvalidArgumentError } from '../io/errors.ts';
 
@@ -65,7 +66,7 @@ export class ScopedRoot {
    * Missing components are created (mode 0755) when `create`, else the result is
    * undefined. `entry` names the tar entry in errors.
    */
-  async resolveDir(rel: string, options: { create: boolean; entry: string }): Promise<string | undefined> {
+  resolveDir(rel: string, options: { create: boolean; entry: string }): string | undefined {
     if (rel === '') return this.root;
     const hit = this.#cache.get(rel);
     if (hit !== undefined) return hit;
@@ -83,15 +84,14 @@ export class ScopedRoot {
         continue;
       }
       const p = join(this.root, ...real, c);
-      let st;
-      try {
-        st = await lstat(p);
-      } catch (e) {
-        if (!isErrno(e, 'ENOENT')) throw e;
+      const st = lstatSync(p, { throwIfNoEntry: false });
+      if (st === undefined) {
         if (!options.create) return undefined;
-        await mkdir(p, { mode: 0o755 }).catch((err: unknown) => {
+        try {
+          mkdirSync(p, { mode: 0o755 });
+        } catch (err) {
           if (!isErrno(err, 'EEXIST')) throw err;
-        });
+        }
         real.push(c);
         continue;
       }
@@ -99,7 +99,7 @@ export class ScopedRoot {
         real.push(c);
       } else if (st.isSymbolicLink()) {
         if (++links > MAX_LINKS) throw new InvalidArgumentError(`Cannot apply ${options.entry}: more than ${MAX_LINKS} symlinks in its parent path '${rel}'`);
-        const target = await readlink(p);
+        const target = readlinkSync(p);
         if (target.startsWith('/')) real.length = 0;
         queue.unshift(...target.split('/'));
       } else {

@@ -86,6 +86,12 @@ export class SubprocessApplier implements LayerApplier {
       }, this.#idleMs);
     };
     arm();
+    const abort = (): void => {
+      failure ??= new FailedPreconditionError(`Cannot apply layer onto ${rootDir}: interrupted`);
+      child.kill('SIGKILL');
+    };
+    if (options.signal?.aborted === true) abort();
+    options.signal?.addEventListener('abort', abort);
     child.on('message', (m: ChildMessage) => {
       arm();
       if (m.type === 'progress') options.onProgress?.({ tarBytes: m.tarBytes, entries: m.entries });
@@ -113,6 +119,7 @@ export class SubprocessApplier implements LayerApplier {
       return result;
     } finally {
       clearTimeout(idle);
+      options.signal?.removeEventListener('abort', abort);
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     }
   }

@@ -12,6 +12,7 @@ import { DataCorruptionError, FailedPreconditionError } from '../../io/errors.ts
 import { readDeviceConfig } from '../../image/device-config.ts';
 import { applyOnDevice } from '../../convert/build-layer.ts';
 import { SubprocessApplier } from '../../convert/subprocess-applier.ts';
+import { DEFAULT_RUN_DIR } from '../../attach/session.ts';
 
 const usage = 'obd apply INPUT CONFIG [--mkfs] [--fstype ext4] [--checksum sha256:HEX] [--run-dir DIR] [--verbose]';
 
@@ -36,7 +37,7 @@ export const applyCommand: Command = {
     const [input, configPath] = p.positionals as [string, string];
     const cfg = await readDeviceConfig(configPath);
     if (cfg.upper === undefined) throw new FailedPreconditionError(`Cannot apply onto ${configPath}: the config has no writable upper layer`);
-    const runDir = resolve(str(p, 'run-dir') ?? join(dirname(resolve(configPath)), 'run'));
+    const runDir = resolve(str(p, 'run-dir') ?? DEFAULT_RUN_DIR);
     const mountpoint = await mkdtemp(join(dirname(resolve(cfg.upper.data)), '.apply-'));
     const fsType = str(p, 'fstype');
     try {

@@ -18,7 +18,7 @@ import { convertImage, type ConvertEvent } from '../../convert/convert-image.ts'
 import { ConversionCache } from '../../convert/conversion-cache.ts';
 
 const usage =
-  'obd convert SRC DST [--fstype ext4] [--vsize GB] [--no-mkfs] [--algorithm lz4|zstd] [--bs KiB] [--oci]\n' +
+  'obd convert SRC DST [--fstype ext4] [--vsize GB] [--no-mkfs [--base-layer FILE]] [--algorithm lz4|zstd] [--bs KiB] [--oci]\n' +
   '            [--concurrency-limit N] [--no-upload] [--dump-manifest] [--db PATH | --no-db] [--work-dir DIR] [--reserve]\n' +
   '            [--json] [--disable-sparse] [--plain-http HOST] [--insecure HOST] [--cred-file F] [--docker-config F]\n' +
   '       obd convert -r REPO (-i TAG | -g DIGEST) (-o TAG | --overlaybd TAG) [--plain] [-u USER:PASS] [-d DIR] ...\n' +
@@ -31,6 +31,7 @@ const OPTIONS = {
   vsize: { type: 'string' },
   mkfs: { type: 'boolean' },
   'no-mkfs': { type: 'boolean' },
+  'base-layer': { type: 'string' },
   oci: { type: 'boolean' },
   'concurrency-limit': { type: 'string' },
   'no-upload': { type: 'boolean' },
@@ -129,12 +130,19 @@ export const convertCommand: Command = {
       const dst = await openImageEndpoint(dstRef, { access, plainHttp, create: true });
       const t0 = performance.now();
       const runDir = str(p, 'run-dir');
+      // Ctrl-C / SIGTERM: stop the running apply, tear the device down, push nothing.
+      const interrupt = new AbortController();
+      const stop = (): void => interrupt.abort();
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
       const r = await convertImage(src, dst, {
+        signal: interrupt.signal,
         workDir,
         ...(runDir !== undefined ? { runDir } : {}),
         fsType: str(p, 'fstype') ?? 'ext4',
         vsizeGb: vsize,
         mkfs: !flag(p, 'no-mkfs'),
+        ...(str(p, 'base-layer') !== undefined ? { baseLayer: str(p, 'base-layer') as string } : {}),
         algorithm: zfile.algorithm,
         blockSize: zfile.blockSize,
         oci: flag(p, 'oci'),
@@ -145,6 +153,9 @@ export const convertCommand: Command = {
         ...(cache !== undefined ? { cache } : {}),
         access,
         onEvent: progressPrinter(io, flag(p, 'json')),
+      }).finally(() => {
+        process.off('SIGINT', stop);
+        process.off('SIGTERM', stop);
       });
       const seconds = ((performance.now() - t0) / 1000).toFixed(1);
       const summary = {
