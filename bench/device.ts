@@ -5,8 +5,10 @@
  * (the "warm local cache" case). Jobs: sequential 1 MiB reads qd16, random 4 KiB reads
  * qd32. Prints a table and `RESULT device/<job>-ratio <ours/baseline>`.
  *
- * `node --import tsx bench/device.ts [--size MiB] [--runtime s] [--rounds n] [--plain]`
- * (`--plain`: an uncompressed layer instead of ZFile lz4). Needs root and fio.
+ * `node --import tsx bench/device.ts [--size MiB] [--runtime s] [--rounds n] [--workers n] [--plain] [--handoff]`
+ * (`--plain`: an uncompressed layer instead of ZFile lz4; `--handoff`: reader threads hand
+ * every read to the serving thread instead of reading their own copy of the layers).
+ * Needs root and fio.
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, openSync, writeSync, closeSync, writeFileSync } from 'node:fs';
@@ -17,6 +19,7 @@ import { commitFile } from '../src/formats/lsmt/commit-files.ts';
 import { openDevice } from '../src/device/open-device.ts';
 import { parseDeviceConfig } from '../src/image/device-config.ts';
 import { attachDevice } from '../src/attach/attach-device.ts';
+import { localReadsFor } from '../src/attach/local-reads.ts';
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -69,8 +72,11 @@ try {
   rmSync(data);
   rmSync(index);
 
-  const device = await openDevice(parseDeviceConfig(JSON.stringify({ lowers: [{ file: blob }] }), dir));
-  const att = await attachDevice(device, { runDir: join(dir, 'run'), workers: arg('workers', 16) });
+  const cfg = parseDeviceConfig(JSON.stringify({ lowers: [{ file: blob }] }), dir);
+  const device = await openDevice(cfg);
+  // --handoff: every read goes through the serving thread (the path before local reads).
+  const localReads = process.argv.includes('--handoff') ? undefined : await localReadsFor(cfg);
+  const att = await attachDevice(device, { runDir: join(dir, 'run'), workers: arg('workers', 16), ...(localReads !== undefined ? { localReads } : {}) });
   detachers.push(async () => {
     await att.detach();
     await device.close();

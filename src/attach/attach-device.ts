@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import type { BlockDevice } from '../io/block-device.ts';
 import { FailedPreconditionError } from '../io/errors.ts';
 import { serveFuse, type FuseMount } from '../fuse/serve-fuse.ts';
+import type { FuseLocalReads } from '../fuse/serve-fuse-fd.ts';
 import { createNbdServer } from '../nbd/nbd-server.ts';
 import { attachLoop, detachLoop } from './loop-device.ts';
 import { runCommand } from './run-command.ts';
@@ -34,6 +35,8 @@ export interface AttachOptions {
    * into a file by libnbd's `nbdfuse` (the path for hosts without our FUSE server).
    */
   frontend?: 'fuse' | 'nbd';
+  /** FUSE, read-only devices: reader threads serve reads from their own copies (`localReadsFor`). */
+  localReads?: FuseLocalReads;
 }
 
 export async function attachDevice(device: BlockDevice, options: AttachOptions = {}): Promise<Attachment> {
@@ -44,7 +47,11 @@ export async function attachDevice(device: BlockDevice, options: AttachOptions =
   let fuse: FuseMount | undefined;
   let loop: string | undefined;
   try {
-    fuse = await serveFuse(device, { mountpoint, ...(options.workers !== undefined ? { workers: options.workers } : {}) });
+    fuse = await serveFuse(device, {
+      mountpoint,
+      ...(options.workers !== undefined ? { workers: options.workers } : {}),
+      ...(options.localReads !== undefined ? { localReads: options.localReads } : {}),
+    });
     loop = await attachLoop(fuse.path, { readOnly: device.readOnly });
   } catch (e) {
     await fuse?.unmount().catch(() => {});

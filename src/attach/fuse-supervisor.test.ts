@@ -16,6 +16,7 @@ import { superviseFuse } from './fuse-supervisor.ts';
 import type { SupervisedFuse, SuperviseFuseOptions } from './fuse-supervisor.ts';
 import { NotFoundError } from '../io/errors.ts';
 import { patternByte, type MemoryChildSpec } from '../../test/support/memory-fuse-child.ts';
+import { startFuseWatchdog } from '../../test/support/fuse-watchdog.ts';
 
 const skip = process.getuid?.() !== 0 || !existsSync('/dev/fuse') ? 'needs root and /dev/fuse' : false;
 const T = { timeout: 90_000, skip };
@@ -25,12 +26,15 @@ const SIZE = 8 << 20;
 
 let root = '';
 const started: SupervisedFuse[] = [];
+let watchdog: { pid: number; stop(): void } | undefined;
 
 before(() => {
   root = mkdtempSync(join(tmpdir(), 'obd-supervisor-'));
+  if (!skip) watchdog = startFuseWatchdog(root, 240);
 });
 
 after(async () => {
+  watchdog?.stop();
   for (const s of started) await s.unmount({ abortAfterMs: 1000 }).catch(() => {});
   for (const line of readFileSync('/proc/self/mounts', 'utf8').split('\n')) {
     const mnt = line.split(' ')[1];
@@ -40,10 +44,10 @@ after(async () => {
   rmSync(root, { recursive: true, force: true });
 });
 
-/** Live child processes of this process. */
+/** Live child processes of this process (but the watchdog). */
 function children(): number[] {
   const text = readFileSync(`/proc/self/task/${process.pid}/children`, 'utf8').trim();
-  return text === '' ? [] : text.split(' ').map(Number);
+  return text === '' ? [] : text.split(' ').map(Number).filter((pid) => pid !== watchdog?.pid);
 }
 
 function mounted(path: string): boolean {
@@ -141,7 +145,7 @@ test('an unmount from outside ends the supervision: closed resolves, no process 
   await s.unmount();
 });
 
-test('a request that kills every server makes the supervisor give up: the caller gets an error, not a hang', { ...T, skip: 'work in progress at the session stop: times out in a clean-clone CI run' }, async () => {
+test('a request that kills every server makes the supervisor give up: the caller gets an error, not a hang', T, async () => {
   const s = await supervise({ crashOnRead: 1 << 20 }, { maxFailures: 2, spare: false });
   const fh = await open(s.path, 'r');
   try {
@@ -153,7 +157,8 @@ test('a request that kills every server makes the supervisor give up: the caller
     await fh.close().catch(() => {});
   }
   await s.closed;
-  assert.equal(s.restarts, 2);
+  // Two quick deaths in a row: the first server (if it died within 500 ms of serving) and one or two restarted ones.
+  assert.ok(s.restarts >= 1 && s.restarts <= 2, `restarts ${s.restarts}`);
   assert.equal(mounted(s.mountpoint), false);
   for (let i = 0; i < 100 && children().length > 0; i++) await sleep(20);
   assert.deepEqual(children(), []);

@@ -282,7 +282,11 @@ class Supervisor implements SupervisedFuse {
   #spawn(): ServerProcess {
     const p = new ServerProcess(this.#options.server, this.#fuse.fd);
     this.#children.add(p);
-    void p.exited.then(() => this.#children.delete(p));
+    void p.exited.then(() => {
+      this.#children.delete(p);
+      // A spare that died idle is replaced at the next hand-over (a fresh child then).
+      if (this.#spare === p) this.#spare = undefined;
+    });
     return p;
   }
 

@@ -20,7 +20,7 @@ import { debuglog } from 'node:util';
 import type { BlockDevice } from '../io/block-device.ts';
 import { FailedPreconditionError } from '../io/errors.ts';
 import { prepareFuseReaders, serveFuseFd } from '../fuse/serve-fuse-fd.ts';
-import type { FuseService } from '../fuse/serve-fuse-fd.ts';
+import type { FuseLocalReads, FuseService } from '../fuse/serve-fuse-fd.ts';
 import { CHILD_FUSE_FD } from './_server-protocol.ts';
 import type { ServerMessage, SupervisorMessage } from './_server-protocol.ts';
 
@@ -32,6 +32,10 @@ export interface FuseServerChildOptions {
   open(device: unknown): Promise<BlockDevice>;
   /** The inherited `/dev/fuse` fd. Default 3. */
   fd?: number;
+  /** For a read-only device: the module reader threads open their own copies with (`localReadsFor`). */
+  localReads?(device: unknown): Promise<FuseLocalReads | undefined>;
+  /** Local-reads modules to prepare while waiting (`READ_DEVICE_MODULE`), so a takeover is quick. */
+  prepare?: readonly string[];
 }
 
 function errorFields(e: unknown): { code: string; message: string } {
@@ -65,6 +69,7 @@ export async function runFuseServerChild(options: FuseServerChildOptions): Promi
 
   return new Promise<number>((resolve) => {
     let device: BlockDevice | undefined;
+    let localReads: FuseLocalReads | undefined;
     let service: FuseService | undefined;
     let finished = false;
     const finish = async (code: number): Promise<void> => {
@@ -83,6 +88,7 @@ export async function runFuseServerChild(options: FuseServerChildOptions): Promi
     };
     const open = async (spec: unknown): Promise<void> => {
       device = await options.open(spec);
+      if (device.readOnly) localReads = await options.localReads?.(spec);
       await post({ t: 'opened', size: device.size, readOnly: device.readOnly });
     };
     const serve = async (m: Extract<SupervisorMessage, { t: 'serve' }>): Promise<void> => {
@@ -94,8 +100,11 @@ export async function runFuseServerChild(options: FuseServerChildOptions): Promi
         debug: m.debug,
         resend: m.resend,
         ...(m.initialized !== undefined ? { initialized: m.initialized } : {}),
+        ...(localReads !== undefined ? { localReads } : {}),
       });
       service = running;
+      // 'serving' once the readers really read: a death after it is the server's own.
+      await running.ready;
       await post({ t: 'serving' });
       if (m.initialized === undefined) {
         void running.initialized.then((init) => (init !== undefined ? post({ t: 'init', init }) : undefined));
@@ -117,7 +126,7 @@ export async function runFuseServerChild(options: FuseServerChildOptions): Promi
     };
     process.on('message', onMessage);
     process.on('disconnect', onDisconnect);
-    prepareFuseReaders()
+    prepareFuseReaders(options.prepare)
       .catch((e: Error) => log('fuse child: cannot prepare the readers: %s', e.message))
       .then(() => post({ t: 'hello' }))
       .catch(fail);

@@ -33,6 +33,18 @@ export const Shared = {
 } as const;
 export const SHARED_BYTES = 8;
 
+/**
+ * Reads served by the reader threads themselves: each loads `module` (or, from source,
+ * the CommonJS bundle of it in `code`) and opens its own read-only copy of the device
+ * with `module[exportName](args)`.
+ */
+export interface WorkerLocalReads {
+  module: string;
+  exportName: string;
+  args: unknown;
+  code?: string;
+}
+
 /** `workerData` of a reader worker. */
 export interface WorkerInit {
   fd: number;
@@ -45,6 +57,10 @@ export interface WorkerInit {
   trace: boolean;
   /** INIT was answered by an earlier server of this connection: its reply. */
   initialized?: InitOut;
+  /** Serve READ in this thread from its own copy of the device. */
+  localReads?: WorkerLocalReads;
+  /** Alignment the device requires (local reads widen unaligned ones). */
+  alignment: number;
 }
 
 /** Worker → serving thread. A bare number is "slot N has a device request pending". */
@@ -52,4 +68,5 @@ export type WorkerMessage =
   | number
   | { t: 'init'; init: InitOut }
   | { t: 'log'; text: string }
+  | { t: 'ready' }
   | { t: 'exit'; reason: string };

@@ -4,16 +4,27 @@
  * reply with one `write(2)`. Runs as a worker_threads entry point; never on the libuv
  * pool, whose 4 threads a blocking device read would starve (platform notes).
  *
+ * With local reads (a read-only device), the thread opens its own copy of the device
+ * from the module named in `workerData` and serves READ itself: no hand-off, no wake-up
+ * of another thread. The module's reads are meant to be synchronous underneath (sync
+ * `pread`), so awaiting them only runs microtasks; if the copy cannot be opened, READ
+ * goes to the serving thread like everything else.
+ *
  * Exit: ENODEV from read or write (unmounted or aborted), or the shared STOP flag while
  * waiting for the mount (reads fail with EPERM until it attaches) or for the serving
  * thread.
  */
 import { readSync, writeSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
 import { parentPort, workerData } from 'node:worker_threads';
 import { constants } from 'node:os';
+import type { BlockDevice } from '../io/block-device.ts';
 import { CTL_F64_AT, Ctl, CtlF64, Shared, SlotState } from './_channel.ts';
 import type { WorkerInit, WorkerMessage } from './_channel.ts';
-import { FuseRequestHandler } from './request-handler.ts';
+import { AlignedAccess } from './_aligned-access.ts';
+import { errnoFor } from './_errno.ts';
+import { DeviceOpCode, FuseRequestHandler } from './request-handler.ts';
 import type { DeviceRequest } from './request-handler.ts';
 import { Opcode, opcodeName, viewOf } from './protocol.ts';
 
@@ -94,32 +105,76 @@ function runOnDevice(request: DeviceRequest): number | undefined {
   return result;
 }
 
-function serve(): string {
-  for (;;) {
-    const n = readRequest();
-    if (n < 0) return stopped() ? 'stopped' : 'unmounted';
-    if (n === 0) continue;
-    const opcode = slotView.getUint32(4, true);
-    if (init.trace) post({ t: 'log', text: `fuse[${init.index}]: ${opcodeName(opcode)} (${n} bytes)` });
-    const action = handler.handle(slot, n);
-    if (action.kind === 'none') continue;
-    let reply: Uint8Array;
-    if (action.kind === 'reply') {
-      reply = action.bytes;
+/** Opens this thread's own copy of the device, or undefined (READ then goes to the serving thread). */
+async function openLocalReads(): Promise<{ access: AlignedAccess; device: BlockDevice } | undefined> {
+  const spec = init.localReads;
+  if (spec === undefined) return undefined;
+  try {
+    let mod: Record<string, unknown>;
+    if (spec.code !== undefined) {
+      // The CommonJS bundle of the module (run from source); its only requires are node builtins.
+      const m = { exports: {} as Record<string, unknown> };
+      const require = createRequire(pathToFileURL(`${process.cwd()}/`).href);
+      new Function('module', 'exports', 'require', spec.code)(m, m.exports, require);
+      mod = m.exports;
     } else {
-      const result = runOnDevice(action.request);
-      if (result === undefined) return 'stopped';
-      reply = handler.complete(action.request, result, slot);
+      mod = (await import(spec.module)) as Record<string, unknown>;
     }
-    if (!writeReply(reply)) return 'unmounted';
-    if (opcode === Opcode.INIT && handler.negotiated !== undefined) post({ t: 'init', init: handler.negotiated });
+    const open = mod[spec.exportName];
+    if (typeof open !== 'function') throw new TypeError(`${spec.module} exports no function ${spec.exportName}`);
+    const device = (await open(spec.args)) as BlockDevice;
+    if (device.size !== init.config.size) {
+      await device.close();
+      throw new RangeError(`its copy of the device has ${device.size} bytes, not ${init.config.size}`);
+    }
+    return { access: new AlignedAccess(device, init.alignment), device };
+  } catch (e) {
+    post({ t: 'log', text: `fuse[${init.index}]: cannot serve reads locally, handing them over: ${(e as Error).message}` });
+    return undefined;
   }
 }
 
-let reason: string;
-try {
-  reason = serve();
-} catch (e) {
-  reason = `failed: ${(e as Error).message}`;
+async function readLocally(access: AlignedAccess, request: DeviceRequest): Promise<number> {
+  try {
+    return await access.read(slot.subarray(request.dataAt, request.dataAt + request.length), request.offset);
+  } catch (e) {
+    post({ t: 'log', text: `fuse: READ of ${request.length} bytes at ${request.offset} failed: ${(e as Error).message}` });
+    return -errnoFor(e, DeviceOpCode.READ);
+  }
 }
-post({ t: 'exit', reason });
+
+async function serve(): Promise<string> {
+  const local = await openLocalReads();
+  post({ t: 'ready' });
+  try {
+    for (;;) {
+      const n = readRequest();
+      if (n < 0) return stopped() ? 'stopped' : 'unmounted';
+      if (n === 0) continue;
+      const opcode = slotView.getUint32(4, true);
+      if (init.trace) post({ t: 'log', text: `fuse[${init.index}]: ${opcodeName(opcode)} (${n} bytes)` });
+      // Bit 63 of `unique` (FUSE_UNIQUE_RESEND): an earlier server read this request and died.
+      if ((slotView.getUint32(12, true) & 0x80000000) !== 0) post({ t: 'log', text: `fuse: serving a resent ${opcodeName(opcode)}` });
+      const action = handler.handle(slot, n);
+      if (action.kind === 'none') continue;
+      let reply: Uint8Array;
+      if (action.kind === 'reply') {
+        reply = action.bytes;
+      } else {
+        const request = action.request;
+        const result = local !== undefined && request.code === DeviceOpCode.READ ? await readLocally(local.access, request) : runOnDevice(request);
+        if (result === undefined) return 'stopped';
+        reply = handler.complete(request, result, slot);
+      }
+      if (!writeReply(reply)) return 'unmounted';
+      if (opcode === Opcode.INIT && handler.negotiated !== undefined) post({ t: 'init', init: handler.negotiated });
+    }
+  } finally {
+    await local?.device.close().catch(() => {});
+  }
+}
+
+serve().then(
+  (reason) => post({ t: 'exit', reason }),
+  (e: unknown) => post({ t: 'exit', reason: `failed: ${(e as Error).message}` }),
+);

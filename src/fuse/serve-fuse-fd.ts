@@ -26,11 +26,12 @@ import { constants } from 'node:os';
 import { debuglog } from 'node:util';
 import diagnostics from 'node:diagnostics_channel';
 import type { BlockDevice } from '../io/block-device.ts';
-import { InvalidArgumentError, ObdError } from '../io/errors.ts';
+import { InvalidArgumentError } from '../io/errors.ts';
+import { errnoFor } from './_errno.ts';
 import { AlignedAccess } from './_aligned-access.ts';
-import { prepareWorkers, startWorker } from './_start-worker.ts';
+import { bundleModule, prepareWorkers, startWorker } from './_start-worker.ts';
 import { CTL_BYTES, CTL_F64_AT, Ctl, CtlF64, SHARED_BYTES, Shared, SlotState } from './_channel.ts';
-import type { WorkerMessage } from './_channel.ts';
+import type { WorkerLocalReads, WorkerMessage } from './_channel.ts';
 import { DEFAULT_MAX_IO, DeviceOpCode, FUSE_PAGE_SIZE } from './request-handler.ts';
 import type { FuseFileConfig } from './request-handler.ts';
 import { OUT_HEADER_SIZE, encodeNotifyResend, viewOf } from './protocol.ts';
@@ -58,6 +59,27 @@ export interface ServeFuseFdOptions {
   initialized?: InitOut;
   /** Write FUSE_NOTIFY_RESEND before the readers start (taking over from a dead server). */
   resend?: boolean;
+  /**
+   * Read-only devices: every reader thread opens its own copy of the device through this
+   * module and answers READ itself, without handing it to the serving thread (the
+   * hand-off costs two cross-thread wake-ups per request). `device` still serves
+   * whatever a reader cannot.
+   */
+  localReads?: FuseLocalReads;
+}
+
+/**
+ * A module each reader thread loads to open its own read-only copy of the device. Its
+ * reads should end in synchronous `pread`s: the thread has nothing else to do meanwhile,
+ * and no other thread needs waking.
+ */
+export interface FuseLocalReads {
+  /** URL of an ES module (a .ts file when running from source: bundled for the threads). */
+  module: string;
+  /** The export to call: `(args) => Promise<BlockDevice>`. Default `openReadDevice`. */
+  exportName?: string;
+  /** Its argument; must survive structured cloning. */
+  args: unknown;
 }
 
 /**
@@ -73,6 +95,8 @@ export interface FuseService {
   readonly initialized: Promise<InitOut | undefined>;
   /** Resolves when every reader has exited. Never rejects. */
   readonly done: Promise<FuseServiceEnd>;
+  /** Resolves when every reader thread is running (about to read requests), or when they all exited. */
+  readonly ready: Promise<void>;
   /**
    * Makes every reader stop at its next chance (waiting for the mount or for the
    * device). A reader blocked in `read(2)` leaves only with a request or ENODEV.
@@ -100,26 +124,10 @@ interface Channel {
   f64: Float64Array;
 }
 
-/** errno for a failed device call: the one place device errors meet FUSE. */
-function errnoFor(e: unknown, code: number): number {
-  if (e instanceof ObdError) {
-    switch (e.code) {
-      case 'ERR_INVALID_ARGUMENT':
-        return E.EINVAL;
-      case 'ERR_FAILED_PRECONDITION':
-        return code === DeviceOpCode.READ ? E.EIO : E.EROFS;
-      case 'ERR_UNSUPPORTED':
-        return E.EOPNOTSUPP;
-      default:
-        return E.EIO;
-    }
-  }
-  return E.EIO;
-}
-
 class FdServer implements FuseService {
   readonly initialized: Promise<InitOut | undefined>;
   readonly done: Promise<FuseServiceEnd>;
+  readonly ready: Promise<void>;
   readonly #fd: number;
   readonly #config: FuseFileConfig;
   readonly #access: AlignedAccess;
@@ -128,7 +136,10 @@ class FdServer implements FuseService {
   #resolveDone: (end: FuseServiceEnd) => void = () => {};
   readonly #ends = new Set<string>();
   #resolveInit: (init: InitOut | undefined) => void = () => {};
+  #resolveReady: () => void = () => {};
   #running = 0;
+  #readers = 0;
+  #count = 0;
 
   constructor(device: BlockDevice, options: { fd: number; config: FuseFileConfig; alignment: number; initialized: InitOut | undefined }) {
     this.#fd = options.fd;
@@ -136,18 +147,23 @@ class FdServer implements FuseService {
     this.#access = new AlignedAccess(device, options.alignment);
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
     this.initialized = new Promise((resolve) => (this.#resolveInit = resolve));
+    this.ready = new Promise((resolve) => (this.#resolveReady = resolve));
     if (options.initialized !== undefined) this.#resolveInit(options.initialized);
-    void this.done.then(() => this.#resolveInit(undefined));
+    void this.done.then(() => {
+      this.#resolveInit(undefined);
+      this.#resolveReady();
+    });
   }
 
   stop(): void {
     Atomics.store(this.#shared, Shared.STOP, 1);
   }
 
-  async start(count: number, options: { debug: boolean; initialized: InitOut | undefined }): Promise<void> {
+  async start(count: number, options: { debug: boolean; initialized: InitOut | undefined; alignment: number; localReads: WorkerLocalReads | undefined }): Promise<void> {
     const slotBytes = (this.#config.maxIo ?? DEFAULT_MAX_IO) + FUSE_PAGE_SIZE;
     const shared = this.#shared.buffer as SharedArrayBuffer;
     this.#running = count; // Counted up front: an early exit must not look like the last one.
+    this.#count = count;
     const exited = (): void => {
       if (--this.#running > 0) return;
       this.#resolveDone(this.#ends.has('unmounted') ? 'unmounted' : this.#ends.has('stopped') ? 'stopped' : 'failed');
@@ -166,7 +182,9 @@ class FdServer implements FuseService {
           shared,
           config: this.#config,
           trace: options.debug,
+          alignment: options.alignment,
           ...(options.initialized !== undefined ? { initialized: options.initialized } : {}),
+          ...(options.localReads !== undefined ? { localReads: options.localReads } : {}),
         });
       } catch (e) {
         this.stop();
@@ -185,6 +203,8 @@ class FdServer implements FuseService {
       void this.#run(m);
     } else if (m.t === 'init') {
       this.#resolveInit(m.init);
+    } else if (m.t === 'ready') {
+      if (++this.#readers === this.#count) this.#resolveReady();
     } else if (m.t === 'log') {
       log('%s', m.text);
     } else if (m.t === 'exit') {
@@ -233,9 +253,13 @@ class FdServer implements FuseService {
   }
 }
 
-/** Loads what the reader threads need ahead of time, so that a later {@link serveFuseFd} starts them quickly. */
-export async function prepareFuseReaders(): Promise<void> {
-  await prepareWorkers();
+/**
+ * Loads what the reader threads need ahead of time (and, from source, bundles the
+ * local-reads `modules` they will load), so that a later {@link serveFuseFd} starts
+ * them quickly.
+ */
+export async function prepareFuseReaders(modules: readonly string[] = []): Promise<void> {
+  await Promise.all([prepareWorkers(), ...modules.map((m) => bundleModule(m))]);
 }
 
 /**
@@ -274,8 +298,15 @@ export async function serveFuseFd(device: BlockDevice, options: ServeFuseFdOptio
       `Cannot serve FUSE: the device (${device.size} bytes${device.readOnly ? ', read-only' : ''}) does not match the served file (${options.config.size} bytes${options.config.readOnly ? ', read-only' : ''})`,
     );
   }
+  let localReads: WorkerLocalReads | undefined;
+  if (options.localReads !== undefined) {
+    if (!device.readOnly) throw new InvalidArgumentError('Cannot serve FUSE: local reads need a read-only device');
+    const { module, exportName, args } = options.localReads;
+    const code = await bundleModule(module);
+    localReads = { module, exportName: exportName ?? 'openReadDevice', args, ...(code !== undefined ? { code } : {}) };
+  }
   const server = new FdServer(device, { fd: options.fd, config: options.config, alignment, initialized: options.initialized });
   if (options.resend === true) notifyResend(options.fd);
-  await server.start(workers, { debug: options.debug ?? false, initialized: options.initialized });
+  await server.start(workers, { debug: options.debug ?? false, initialized: options.initialized, alignment, localReads });
   return server;
 }

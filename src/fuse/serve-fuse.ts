@@ -32,7 +32,7 @@ import type { InitOut } from './protocol.ts';
 import { openFuse } from './open-fuse.ts';
 import type { FuseMountpoint } from './open-fuse.ts';
 import { fuseFileConfig, serveFuseFd } from './serve-fuse-fd.ts';
-import type { FuseService } from './serve-fuse-fd.ts';
+import type { FuseLocalReads, FuseService } from './serve-fuse-fd.ts';
 import { COMMAND_TIMEOUT_MS, runWithFd } from './_run-with-fd.ts';
 
 const log = debuglog('obd');
@@ -55,6 +55,8 @@ export interface ServeFuseOptions {
   alignment?: number;
   /** Limit for `mount` and for the kernel's INIT. Default 10 s. */
   mountTimeoutMs?: number;
+  /** Read-only devices: reader threads serve READ from their own copies (see `serveFuseFd`). */
+  localReads?: FuseLocalReads;
 }
 
 /** A served device. */
@@ -186,6 +188,7 @@ export async function serveFuse(device: BlockDevice, options: ServeFuseOptions):
       workers,
       debug: options.debug ?? false,
       ...(options.alignment !== undefined ? { alignment: options.alignment } : {}),
+      ...(options.localReads !== undefined ? { localReads: options.localReads } : {}),
     });
     await fuse.mount({ readOnly: device.readOnly, timeoutMs: mountTimeoutMs });
     mounted = true;

@@ -11,6 +11,7 @@ import { FailedPreconditionError } from '../../io/errors.ts';
 import { parseDeviceConfig } from '../../image/device-config.ts';
 import { openDevice } from '../../device/open-device.ts';
 import { runFuseServerChild } from '../../attach/serve-fuse-child.ts';
+import { READ_DEVICE_MODULE, localReadsFor } from '../../attach/local-reads.ts';
 
 const usage = 'obd serve-fuse [--plain-http HOST] [--cache-dir D] ...   (internal: started by obd attach)';
 
@@ -28,6 +29,8 @@ export const serveFuseCommand: Command = {
           const cfg = parseDeviceConfig(JSON.stringify(spec), '/');
           return openDevice(cfg, { remote: access.opener(cfg.download) });
         },
+        localReads: (spec) => localReadsFor(parseDeviceConfig(JSON.stringify(spec), '/')),
+        prepare: [READ_DEVICE_MODULE],
       });
       if (code !== 0) throw new FailedPreconditionError('Cannot serve FUSE: the server stopped before the connection ended');
     } finally {
