@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(liblz4-dev libzstd-dev lz4 zstd e2fsprogs util-linux fuse3 nbdkit libnbd-bin docker-registry apache2-utils openssl containerd runc erofs-utils fio busybox-static attr)
+packages=(liblz4-dev libzstd-dev lz4 zstd e2fsprogs util-linux fuse3 nbdkit libnbd-bin docker-registry apache2-utils openssl containerd runc erofs-utils fio busybox-static attr debootstrap postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
