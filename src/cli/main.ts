@@ -6,53 +6,44 @@ import { ObdError } from '../io/errors.ts';
 import type { Command } from './command.ts';
 import { exitCodeOf } from './exit-code.ts';
 import type { CliIo } from './io.ts';
-import { zfileCommand } from './commands/zfile.ts';
-import { createCommand } from './commands/create.ts';
-import { writeCommand } from './commands/write.ts';
-import { trimCommand } from './commands/trim.ts';
-import { commitCommand } from './commands/commit.ts';
-import { mergeCommand } from './commands/merge.ts';
-import { exportCommand } from './commands/export.ts';
-import { infoCommand } from './commands/info.ts';
-import { demoCommand } from './commands/demo.ts';
-import { selftestCommand } from './commands/selftest.ts';
-import { pushCommand } from './commands/push.ts';
-import { configCommand } from './commands/config.ts';
-import { snapshotterCommand } from './commands/snapshotter.ts';
-import { attachCommand } from './commands/attach.ts';
-import { mountCommand } from './commands/mount.ts';
-import { umountCommand, detachCommand } from './commands/umount.ts';
-import { convertCommand } from './commands/convert.ts';
-import { applyCommand } from './commands/apply.ts';
-import { serveFuseCommand } from './commands/serve-fuse.ts';
-import { rpullCommand } from './commands/rpull.ts';
 
-export const COMMANDS: readonly Command[] = [
-  demoCommand,
-  selftestCommand,
-  zfileCommand,
-  createCommand,
-  writeCommand,
-  trimCommand,
-  commitCommand,
-  mergeCommand,
-  exportCommand,
-  infoCommand,
-  pushCommand,
-  configCommand,
-  snapshotterCommand,
-  attachCommand,
-  detachCommand,
-  mountCommand,
-  umountCommand,
-  convertCommand,
-  applyCommand,
-  serveFuseCommand,
-  rpullCommand,
+/** A command of the table: its name, and how to load it. */
+export interface LazyCommand {
+  name: string;
+  load(): Promise<Command>;
+}
+
+/**
+ * The commands, each loaded when it runs: a process pays only for the modules of its own
+ * command (`obd attach`, `obd serve-fuse` and `obd rpull` sit on a container's start path).
+ */
+export const COMMANDS: readonly LazyCommand[] = [
+  { name: 'demo', load: async () => (await import('./commands/demo.ts')).demoCommand },
+  { name: 'selftest', load: async () => (await import('./commands/selftest.ts')).selftestCommand },
+  { name: 'zfile', load: async () => (await import('./commands/zfile.ts')).zfileCommand },
+  { name: 'create', load: async () => (await import('./commands/create.ts')).createCommand },
+  { name: 'write', load: async () => (await import('./commands/write.ts')).writeCommand },
+  { name: 'trim', load: async () => (await import('./commands/trim.ts')).trimCommand },
+  { name: 'commit', load: async () => (await import('./commands/commit.ts')).commitCommand },
+  { name: 'merge', load: async () => (await import('./commands/merge.ts')).mergeCommand },
+  { name: 'export', load: async () => (await import('./commands/export.ts')).exportCommand },
+  { name: 'info', load: async () => (await import('./commands/info.ts')).infoCommand },
+  { name: 'push', load: async () => (await import('./commands/push.ts')).pushCommand },
+  { name: 'config', load: async () => (await import('./commands/config.ts')).configCommand },
+  { name: 'snapshotter', load: async () => (await import('./commands/snapshotter.ts')).snapshotterCommand },
+  { name: 'attach', load: async () => (await import('./commands/attach.ts')).attachCommand },
+  { name: 'detach', load: async () => (await import('./commands/umount.ts')).detachCommand },
+  { name: 'mount', load: async () => (await import('./commands/mount.ts')).mountCommand },
+  { name: 'umount', load: async () => (await import('./commands/umount.ts')).umountCommand },
+  { name: 'convert', load: async () => (await import('./commands/convert.ts')).convertCommand },
+  { name: 'apply', load: async () => (await import('./commands/apply.ts')).applyCommand },
+  { name: 'serve-fuse', load: async () => (await import('./commands/serve-fuse.ts')).serveFuseCommand },
+  { name: 'rpull', load: async () => (await import('./commands/rpull.ts')).rpullCommand },
 ];
 
-function help(): string {
-  const lines = COMMANDS.map((c) => `  ${c.name.padEnd(8)} ${c.summary}`);
+async function help(): Promise<string> {
+  const loaded = await Promise.all(COMMANDS.map((c) => c.load()));
+  const lines = loaded.map((c) => `  ${c.name.padEnd(8)} ${c.summary}`);
   return `usage: obd COMMAND [ARGS]\n\ncommands:\n${lines.join('\n')}\n\nobd COMMAND --help shows a command's usage\n`;
 }
 
@@ -60,14 +51,15 @@ function help(): string {
 export async function main(argv: string[], io: CliIo): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-    io.out(help());
+    io.out(await help());
     return name === undefined ? 2 : 0;
   }
-  const command = COMMANDS.find((c) => c.name === name);
-  if (command === undefined) {
-    io.err(`obd: unknown command '${name}'\n${help()}`);
+  const entry = COMMANDS.find((c) => c.name === name);
+  if (entry === undefined) {
+    io.err(`obd: unknown command '${name}'\n${await help()}`);
     return 2;
   }
+  const command = await entry.load();
   if (rest.includes('--help') || rest.includes('-h')) {
     io.out(`usage: ${command.usage}\n`);
     return 0;
