@@ -76,6 +76,12 @@ const ctr = (...args: string[]): Promise<string> => sh(['ctr', '-a', sock(), '-n
 const ctrRun = (...args: string[]): Promise<string> =>
   ctr('run', '--rm', '--snapshotter', 'overlaybd', '--runc-root', join(dir, 'runc'), '--fifo-dir', join(dir, 'fifo'), ...args);
 
+/** `ctr run` without `--rm`: the container and its snapshot stay for inspection. */
+const ctrRunKept = (...args: string[]): Promise<string> =>
+  ctr('run', '--snapshotter', 'overlaybd', '--runc-root', join(dir, 'runc'), '--fifo-dir', join(dir, 'fifo'), ...args);
+/** `ctr snapshots mounts` of a container's snapshot (its key is the container ID). */
+const snapshotMounts = (container: string): Promise<string> => ctr('snapshots', '--snapshotter', 'overlaybd', 'mounts', '/target', container);
+
 /** Runs containerd's garbage collector now: deleting a lease with `--sync` collects synchronously. */
 async function collectGarbage(): Promise<void> {
   const id = `obd-gc-${Date.now()}`;
@@ -298,21 +304,37 @@ test('ctr run on the overlaybd snapshotter runs hello-world from the lazily read
   assert.equal(sessions.length, 1, 'one shared image device');
 });
 
-test('ctr run with overlaybd.writable=dir runs on its own writable device', T, async () => {
+test('ctr run with overlaybd.writable=dir runs on its own writable device, mounted by the snapshotter', T, async () => {
   proxy!.resetCounters();
-  const out = await ctrRun('--snapshotter-label', 'containerd.io/snapshot/overlaybd.writable=dir', ref, 'hello-dir');
+  const out = await ctrRunKept('--snapshotter-label', 'containerd.io/snapshot/overlaybd.writable=dir', ref, 'hello-dir');
   console.log(`# ctr run (dir): ${proxy!.counters.bytesSent} blob bytes read`);
   assert.match(out, /Hello from Docker!/);
-  // `--rm` removed the container snapshot; containerd's collector removes it from the
-  // snapshotter, which detaches its writable device.
+  // What the snapshotter handed out: a bind of the snapshot's own mount point, where its
+  // writable device's ext4 is mounted read-write by an obd attach session.
+  const source = /^mount -t bind (\S+) \/target -o rw,rbind$/m.exec(await snapshotMounts('hello-dir'))?.[1];
+  assert.ok(source !== undefined && /\/sn\/snapshots\/\d+\/block\/mountpoint$/.test(source), `dir mode mounts: ${source}`);
+  const host = readFileSync('/proc/mounts', 'utf8').split('\n').map((l) => l.split(' ')).find((f) => f[1] === source);
+  assert.deepEqual([host?.[2], host?.[3]?.split(',')[0]], ['ext4', 'rw'], `host mount at ${source}`);
+  const session = (await listSessions(runDir)).find((s) => s.mountpoint === source);
+  assert.equal(session?.writable, true);
+  assert.ok(existsSync(join(source, '..', 'writable_data')));
+  // Removing the container lets containerd's collector remove its snapshot, which detaches its writable device.
+  await ctr('containers', 'rm', 'hello-dir');
   await collectGarbage();
   const sessions = await listSessions(runDir);
   assert.equal(sessions.length, 1, `only the shared image device is left: ${sessions.map((s) => s.target).join(', ')}`);
 });
 
-test('ctr run with overlaybd.writable=dev mounts the raw writable device itself', T, async () => {
-  const out = await ctrRun('--snapshotter-label', 'containerd.io/snapshot/overlaybd.writable=dev', ref, 'hello-dev');
+test('ctr run with overlaybd.writable=dev hands out the raw writable device', T, async () => {
+  const out = await ctrRunKept('--snapshotter-label', 'containerd.io/snapshot/overlaybd.writable=dev', ref, 'hello-dev');
   assert.match(out, /Hello from Docker!/);
+  // What the snapshotter handed out: the block device itself, for containerd to mount.
+  const dev = /^mount -t ext4 (\/dev\/loop\d+) \/target -o rw,discard$/m.exec(await snapshotMounts('hello-dev'))?.[1];
+  assert.ok(dev !== undefined, 'dev mode mounts');
+  const session = (await listSessions(runDir)).find((s) => s.blockDevice === dev);
+  assert.equal(session?.writable, true, `an obd attach session serves ${dev} read-write`);
+  assert.equal(session.mountpoint, undefined, 'the snapshotter did not mount it');
+  await ctr('containers', 'rm', 'hello-dev');
   await collectGarbage();
   const sessions = await listSessions(runDir);
   assert.equal(sessions.length, 1, `only the shared image device is left: ${sessions.map((s) => s.target).join(', ')}`);
