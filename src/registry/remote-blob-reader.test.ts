@@ -190,6 +190,49 @@ test('RemoteBlobReader coalesces adjacent missing chunks into one request up to 
   await Promise.all([r.close(), r2.close(), r3.close(), r4.close()]);
 });
 
+test('RemoteBlobReader with readaheadBytes doubles its requests along a sequential stream, up to the window', T, async () => {
+  const src = new FakeSource(BLOB);
+  const r = reader(src, { refillSize: 64 * KiB, readaheadBytes: 256 * KiB });
+  for (let off = 0; off < 1024 * KiB; off += 4 * KiB) assert.deepEqual(await read(r, off, 4 * KiB), BLOB.subarray(off, off + 4 * KiB));
+  // 1 chunk, then 2, then 4 (the window) per miss: 6 requests where 16 were needed without.
+  assert.deepEqual(src.calls, [
+    [0, 64 * KiB],
+    [64 * KiB, 128 * KiB],
+    [192 * KiB, 256 * KiB],
+    [448 * KiB, 256 * KiB],
+    [704 * KiB, 256 * KiB],
+    [960 * KiB, 256 * KiB],
+  ]);
+  // The stream ends at the blob end.
+  const tail = new FakeSource(BLOB);
+  const rt = reader(tail, { refillSize: 1024 * KiB, readaheadBytes: 4096 * KiB });
+  await read(rt, 2 * 1024 * KiB, 10);
+  await read(rt, 3 * 1024 * KiB, 10);
+  assert.deepEqual(tail.calls, [
+    [2 * 1024 * KiB, 1024 * KiB],
+    [3 * 1024 * KiB, BLOB.length - 3 * 1024 * KiB],
+  ]);
+  await Promise.all([r.close(), rt.close()]);
+});
+
+test('RemoteBlobReader readahead leaves random reads alone and stops at chunks already held', T, async () => {
+  const src = new FakeSource(BLOB);
+  const r = reader(src, { refillSize: 64 * KiB, readaheadBytes: 1024 * KiB });
+  for (const c of [10, 0, 20, 5, 30]) assert.deepEqual(await read(r, c * 64 * KiB + 7, 100), BLOB.subarray(c * 64 * KiB + 7, c * 64 * KiB + 107));
+  assert.deepEqual(src.calls.map(([o, n]) => [o / (64 * KiB), n / (64 * KiB)]), [[10, 1], [0, 1], [20, 1], [5, 1], [30, 1]]);
+  src.calls.length = 0;
+  // Chunk 1 follows 0, but the last request was for 30: a fresh stream of one chunk.
+  await read(r, 64 * KiB, 10);
+  await read(r, 2 * 64 * KiB, 10);
+  await read(r, 3 * 64 * KiB, 10);
+  // 2 continues it: 2 chunks (2..3); 3 is then in memory; 4 continues it: 4 chunks
+  // wanted, cut at chunk 5, which is held.
+  await read(r, 4 * 64 * KiB, 10);
+  assert.deepEqual(src.calls.map(([o, n]) => [o / (64 * KiB), n / (64 * KiB)]), [[1, 1], [2, 2], [4, 1]]);
+  for (let off = 0; off < 6 * 64 * KiB; off += 1000) assert.deepEqual(await read(r, off, 1000), BLOB.subarray(off, off + 1000));
+  await r.close();
+});
+
 test('RemoteBlobReader lets concurrent reads of one chunk share a single request', T, async () => {
   const src = new FakeSource(BLOB);
   src.delayMs = 30;
@@ -383,7 +426,7 @@ test('RemoteBlobReader publishes every attempt on obd:registry:range', T, async 
 
 test('RemoteBlobReader rejects invalid options with InvalidArgumentError', () => {
   const src = new FakeSource(BLOB);
-  for (const o of [{ refillSize: 3 * 4096 }, { refillSize: 2048 }, { concurrency: 0 }, { cacheBytes: -1 }, { retries: 1.5 }]) {
+  for (const o of [{ refillSize: 3 * 4096 }, { refillSize: 2048 }, { concurrency: 0 }, { cacheBytes: -1 }, { retries: 1.5 }, { readaheadBytes: -1 }]) {
     assert.throws(() => new RemoteBlobReader(src, o), InvalidArgumentError, JSON.stringify(o));
   }
   assert.equal(new RemoteBlobReader(src).refillSize, 256 * KiB);

@@ -6,7 +6,10 @@
  * small in-memory LRU (bounded in bytes), so sequential small reads do not refetch.
  * Adjacent missing chunks of one read are coalesced into one range request (at most
  * `maxRequestBytes`); two reads needing the same chunk at the same time share one
- * request; at most `concurrency` requests are in flight. Each request attempt has a
+ * request; at most `concurrency` requests are in flight. With `readaheadBytes`, a miss
+ * that starts where the previous read's request ended (a sequential stream) fetches
+ * twice the previous request's chunks, up to that window, so a file read front to back
+ * costs a few round trips instead of one per chunk. Each request attempt has a
  * deadline and a stall timer; temporary failures (`UnavailableError`, a wrong byte
  * count, a timeout) are retried with exponential backoff, and after the last retry the
  * read fails with an `UnavailableError` naming the blob and the range.
@@ -71,6 +74,11 @@ export interface RemoteBlobReaderOptions {
   cacheBytes?: number;
   /** Largest single range request (rounded down to whole chunks, at least one); default 4 MiB. */
   maxRequestBytes?: number;
+  /**
+   * Largest sequential readahead in bytes (rounded down to whole chunks, at most
+   * `maxRequestBytes`); 0 disables it; default 0.
+   */
+  readaheadBytes?: number;
   /** Range requests in flight at once; default 16. */
   concurrency?: number;
   /** Deadline of one request attempt in ms; default 30000 (runtime.md §5.1). */
@@ -162,6 +170,11 @@ export class RemoteBlobReader implements BlobReader, Evictable {
   readonly #refill: number;
   readonly #cacheBytes: number;
   readonly #chunksPerRequest: number;
+  /** Readahead window ceiling in chunks (0: off). */
+  readonly #readahead: number;
+  /** Chunk right after the last request a read started, and that request's chunks. */
+  #seqNext = -1;
+  #seqChunks = 0;
   readonly #concurrency: number;
   readonly #requestTimeoutMs: number;
   readonly #stallTimeoutMs: number;
@@ -205,6 +218,8 @@ export class RemoteBlobReader implements BlobReader, Evictable {
     this.#cacheBytes = intOption(options.cacheBytes, 8 << 20, { name: 'cacheBytes', min: 0 });
     const maxRequest = intOption(options.maxRequestBytes, 4 << 20, { name: 'maxRequestBytes', min: 1 });
     this.#chunksPerRequest = Math.max(1, Math.floor(maxRequest / refill));
+    const readahead = intOption(options.readaheadBytes, 0, { name: 'readaheadBytes', min: 0 });
+    this.#readahead = Math.min(this.#chunksPerRequest, Math.floor(readahead / refill));
     this.#concurrency = intOption(options.concurrency, 16, { name: 'concurrency', min: 1 });
     this.#requestTimeoutMs = intOption(options.requestTimeoutMs, 30_000, { name: 'requestTimeoutMs', min: 1 });
     this.#stallTimeoutMs = intOption(options.stallTimeoutMs, 10_000, { name: 'stallTimeoutMs', min: 1 });
@@ -242,7 +257,7 @@ export class RemoteBlobReader implements BlobReader, Evictable {
       const pending = c <= last && cached === undefined ? this.#inflight.get(c) : undefined;
       const missing = c <= last && cached === undefined && pending === undefined;
       if (run >= 0 && (!missing || c - run === this.#chunksPerRequest)) {
-        parts.push(...this.#request(run, c));
+        parts.push(...this.#requestRun(run, c, c > last));
         run = -1;
       }
       if (c > last) break;
@@ -320,6 +335,26 @@ export class RemoteBlobReader implements BlobReader, Evictable {
       this.#lru.delete(k);
       this.#counters.cachedBytes -= v.length;
     }
+  }
+
+  /**
+   * Starts the request for the missing chunks [c0, c1) of a read and returns their
+   * promises. The read's trailing run (`trailing`) continuing a sequential stream is
+   * extended by readahead: twice the previous request's chunks, within the window, up
+   * to the blob end or the first chunk held or in flight.
+   */
+  #requestRun(c0: number, c1: number, trailing: boolean): Promise<Uint8Array>[] {
+    let end = c1;
+    if (this.#readahead > 0 && trailing && c0 === this.#seqNext) {
+      const chunks = Math.ceil(this.size / this.#refill);
+      const want = Math.max(c1 - c0, Math.min(this.#readahead, 2 * this.#seqChunks));
+      while (end < Math.min(c0 + want, chunks) && !this.#lru.has(end) && !this.#inflight.has(end)) end++;
+    }
+    if (trailing) {
+      this.#seqNext = end;
+      this.#seqChunks = end - c0;
+    }
+    return this.#request(c0, end).slice(0, c1 - c0);
   }
 
   /** Starts one request for chunks [c0, c1) and returns one promise per chunk. */
