@@ -5,9 +5,10 @@
  * (the "warm local cache" case). Jobs: sequential 1 MiB reads qd16, random 4 KiB reads
  * qd32. Prints a table and `RESULT device/<job>-ratio <ours/baseline>`.
  *
- * `node --import tsx bench/device.ts [--size MiB] [--runtime s] [--rounds n] [--workers n] [--plain] [--handoff]`
- * (`--plain`: an uncompressed layer instead of ZFile lz4; `--handoff`: reader threads hand
- * every read to the serving thread instead of reading their own copy of the layers).
+ * `node --import tsx bench/device.ts [--size MiB] [--runtime s] [--rounds n] [--workers n] [--plain] [--js] [--handoff]`
+ * (`--plain`: an uncompressed layer instead of ZFile lz4; `--js`: JavaScript reader
+ * threads that read their own copy of the layers instead of the native READ path;
+ * `--handoff`: reader threads hand every read to the serving thread).
  * Needs root and fio.
  */
 import { execFile, execFileSync } from 'node:child_process';
@@ -75,7 +76,7 @@ try {
   const cfg = parseDeviceConfig(JSON.stringify({ lowers: [{ file: blob }] }), dir);
   const device = await openDevice(cfg);
   // --handoff: every read goes through the serving thread (the path before local reads).
-  const localReads = process.argv.includes('--handoff') ? undefined : await localReadsFor(cfg);
+  const localReads = process.argv.includes('--handoff') ? undefined : await localReadsFor(cfg, { native: !process.argv.includes('--js') });
   const att = await attachDevice(device, { runDir: join(dir, 'run'), workers: arg('workers', 16), ...(localReads !== undefined ? { localReads } : {}) });
   detachers.push(async () => {
     await att.detach();

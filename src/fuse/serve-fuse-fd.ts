@@ -30,6 +30,7 @@ import { InvalidArgumentError } from '../io/errors.ts';
 import { errnoFor } from './_errno.ts';
 import { AlignedAccess } from './_aligned-access.ts';
 import { bundleModule, prepareWorkers, startWorker } from './_start-worker.ts';
+import { NativeServer } from './_native-server.ts';
 import { CTL_BYTES, CTL_F64_AT, Ctl, CtlF64, SHARED_BYTES, Shared, SlotState } from './_channel.ts';
 import type { WorkerLocalReads, WorkerMessage } from './_channel.ts';
 import { DEFAULT_MAX_IO, DeviceOpCode, FUSE_PAGE_SIZE } from './request-handler.ts';
@@ -42,6 +43,11 @@ const E = constants.errno;
 /** `obd:fuse:request` — one message per device request: `{ op, offset, length, result, ms }`. */
 const requestChannel = diagnostics.channel('obd:fuse:request');
 const OP_NAMES: Record<number, string> = { 1: 'READ', 2: 'WRITE', 3: 'FSYNC', 4: 'DISCARD' };
+/**
+ * Fewest native READ threads: a thread waits for the disk while its layer bytes are not
+ * in the page cache, so reads in flight ≤ threads; 32 matches loop at qd32 (README.md).
+ */
+const NATIVE_MIN_THREADS = 32;
 
 /** Options of {@link serveFuseFd}. */
 export interface ServeFuseFdOptions {
@@ -49,7 +55,7 @@ export interface ServeFuseFdOptions {
   fd: number;
   /** The served file; every server of one connection must use the same. */
   config: FuseFileConfig;
-  /** Reader threads (= device requests in flight). Default 4. */
+  /** Reader threads (= device requests in flight). Default 4; the native READ path runs at least 32. */
   workers?: number;
   /** Alignment the device requires; unaligned requests are widened. Default 512. */
   alignment?: number;
@@ -80,6 +86,52 @@ export interface FuseLocalReads {
   exportName?: string;
   /** Its argument; must survive structured cloning. */
   args: unknown;
+  /**
+   * The device flattened for the native READ path: when given (and the native binding
+   * loads), C threads serve the connection instead of the reader workers and answer
+   * aligned READs from this table; every other request (and any READ they cannot
+   * serve) is answered on the serving thread with `device`. `module` is then unused.
+   */
+  extents?: FuseExtentTable;
+}
+
+/**
+ * What each sector range of a read-only device reads from — the merged index of an
+ * LSMT stack over local files, resolved down to file bytes — for the native READ path.
+ * Extents are sorted and do not overlap; a gap reads as zeros.
+ */
+export interface FuseExtentTable {
+  /** First sector (512 bytes) of each extent. */
+  offset: Float64Array;
+  /** Sectors of each extent. */
+  length: Uint32Array;
+  /** Sector in the source where the extent's bytes start. */
+  moffset: Float64Array;
+  /** 1: the extent reads as zeros. */
+  zeroed: Uint8Array;
+  /** Index into `sources`. */
+  source: Uint8Array;
+  sources: FuseExtentSource[];
+}
+
+/** A source of {@link FuseExtentTable}: plain bytes at `base` of a file, or a ZFile there. */
+export interface FuseExtentSource {
+  path: string;
+  /** The size the file must have (checked when the server starts). */
+  fileSize: number;
+  /** File offset of the source's first byte (after a tar wrapper's headers). */
+  base: number;
+  /** The source is a ZFile: its decoded bytes are what extents address. */
+  zfile?: {
+    algorithm: 'lz4' | 'zstd';
+    blockSize: number;
+    /** Blocks end with a CRC-32C. */
+    verify: boolean;
+    /** Decoded size. */
+    size: number;
+    /** Block i is stored at [starts[i], starts[i+1]) from `base`; block count + 1 entries. */
+    starts: Float64Array;
+  };
 }
 
 /**
@@ -301,6 +353,20 @@ export async function serveFuseFd(device: BlockDevice, options: ServeFuseFdOptio
   let localReads: WorkerLocalReads | undefined;
   if (options.localReads !== undefined) {
     if (!device.readOnly) throw new InvalidArgumentError('Cannot serve FUSE: local reads need a read-only device');
+    const extents = options.localReads.extents;
+    if (extents !== undefined && (await NativeServer.available())) {
+      const server = new NativeServer(device, { fd: options.fd, config: options.config, alignment, initialized: options.initialized, debug: options.debug ?? false });
+      try {
+        server.prepare(extents);
+        // Before any reader runs: the kernel requeues what a dead server had read.
+        if (options.resend === true) notifyResend(options.fd);
+        server.start(Math.max(workers, NATIVE_MIN_THREADS));
+        return server;
+      } catch (e) {
+        // A table that does not match its files (replaced, truncated): the reader workers open the layers themselves.
+        log('fuse: no native READ path, using reader threads: %s', (e as Error).message);
+      }
+    }
     const { module, exportName, args } = options.localReads;
     const code = await bundleModule(module);
     localReads = { module, exportName: exportName ?? 'openReadDevice', args, ...(code !== undefined ? { code } : {}) };

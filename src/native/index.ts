@@ -42,7 +42,33 @@ export interface NativeBinding {
   seekHole(fd: number, offset: number): number;
   /** fallocate(PUNCH_HOLE|KEEP_SIZE): 0, or -errno. */
   punchHole(fd: number, offset: number, length: number): number;
+  /**
+   * Starts the native FUSE READ path (see `native/obd-native.c`, "FUSE READ fast path"):
+   * `params` = [fd, threads, device size, max io]; `extents` = 5 numbers per extent
+   * [offset, length, moffset (sectors), zeroed, source]; `sources` = 7 per source
+   * [fd (duplicated), base, algo 0 plain/1 lz4/2 zstd, block size, verify, decoded size,
+   * block count]; `starts` = per ZFile source, block count + 1 offsets from its base.
+   * `onEvent(0, request)` for each request JavaScript must answer, `onEvent(1, reason)`
+   * once when the last thread exits (0 unmounted, 1 stopped, 2 failed), `onEvent(2, text)`
+   * for a log line. Throws RangeError on malformed tables.
+   */
+  fuseServeStart(
+    params: Float64Array,
+    extents: Float64Array,
+    sources: Float64Array,
+    starts: Float64Array,
+    onEvent: (kind: number, arg: Uint8Array | number | string) => void,
+  ): NativeFuseHandle;
+  /** Threads waiting for the mount leave; the others leave on ENODEV. */
+  fuseServeStop(handle: NativeFuseHandle): void;
+  /** [READs answered natively, requests handed to JavaScript]. */
+  fuseServeStats(handle: NativeFuseHandle): [number, number];
   readonly hardwareCrc: boolean;
+}
+
+/** Opaque handle of a native FUSE READ path ({@link NativeBinding.fuseServeStart}). */
+export interface NativeFuseHandle {
+  readonly __nativeFuseHandle: never;
 }
 
 export const DECODE_FAIL_BASE = 1 << 20;
