@@ -72,6 +72,24 @@ describe('obd convert (flags) and obd apply', () => {
     assert.ok(!existsSync(join(HELLO, 'index.json.tmp')));
   });
 
+  test('progress: per-layer lines with bars, bytes and rates on a terminal; quiet when not a terminal', { timeout: 120_000 }, async () => {
+    const bin = join(REPO_ROOT, 'src', 'cli', 'bin', 'obd.ts');
+    const args = (out: string): string[] => ['convert', `oci:${HELLO}:amd64`, `oci:${join(h.dir, out)}:x`, '--work-dir', h.work, '--no-db', '--run-dir', h.runDir];
+    // A terminal: util-linux script(1) gives the command a pseudo-terminal.
+    const command = [process.execPath, '--import', 'tsx', bin, ...args('progress-tty')].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ');
+    const tty = spawnSync('script', ['-q', '-e', '-c', command, '/dev/null'], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 90_000, env: { ...process.env, COLUMNS: '120' } });
+    assert.equal(tty.status, 0, tty.stdout + tty.stderr);
+    assert.match(tty.stdout, /\x1b\[2Klayer 1\/1  apply {35}0\.0 MiB  (\d+\.\d MiB\/s|done in \d+\.\d s)/);
+    assert.match(tty.stdout, /\x1b\[1F\x1b\[2Klayer 1\/1  commit {34}0\.2 MiB  done in \d+\.\d s/, 'the frame is redrawn in place');
+    assert.match(tty.stdout, /\x1b\[1F\x1b\[2Klayer 1\/1  push {5}\[#{20}\] {5}0\.2\/0\.2 MiB  done in \d+\.\d s/);
+    // Not a terminal: only the result line.
+    const plain = spawnSync(process.execPath, ['--import', 'tsx', bin, ...args('progress-plain')], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 90_000 });
+    assert.equal(plain.status, 0, plain.stderr);
+    assert.equal(plain.stderr, '');
+    assert.match(plain.stdout, /^oci:.*progress-plain:x: sha256:[0-9a-f]{64} \(1 manifest; 1 layers converted/);
+    assert.doesNotMatch(plain.stdout, /\x1b/);
+  });
+
   test('--no-mkfs builds on upstream base layer ext4_64 and prepends it', { timeout: 120_000 }, async () => {
     const baseDir = join(h.dir, 'baselayer');
     mkdirSync(baseDir);

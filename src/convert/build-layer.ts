@@ -146,6 +146,8 @@ export interface ApplyOnDeviceOptions {
  * tears everything down again (`overlaybd-apply`).
  */
 export async function applyOnDevice(layer: AsyncIterable<Uint8Array>, options: ApplyOnDeviceOptions): Promise<ApplyStats> {
+  // The applier gets ready (its process starts) while the device is attached and mkfs runs.
+  options.applier.prepare?.();
   const device = await openDevice(options.cfg);
   try {
     await mkdir(options.mountpoint, { recursive: true });

@@ -1,7 +1,9 @@
 /**
- * The conversion cache (upstream's dedup database, convertor.md §A.8) in an embedded
- * SQLite file: which converted overlaybd blob a source layer stack (its chain ID) became,
- * and where that blob is stored.
+ * The conversion cache (upstream's dedup database, convertor.md §A.8): which converted
+ * overlaybd blob a source layer stack (its chain ID) became, and where that blob is
+ * stored. Two backends share this contract: `SqliteConversionCache` (an embedded file,
+ * one machine; the default) and `PostgresConversionCache` (a server shared by many
+ * convertor machines); `openConversionCache()` picks one from the CLI's options.
  *
  * Table `overlaybd_layers` keeps upstream's columns (`host`, `repo`, `chain_id`,
  * `data_digest`, `data_size`) plus:
@@ -15,22 +17,22 @@
  * - `url`: where the blob can be fetched (`<scheme>://<host>/v2/<repo>/blobs` or
  *   `oci:<dir>`), so a hit in another place can be copied or cross-mounted.
  *
+ * Rows are only written after their blob was pushed, one statement each, so racing
+ * convertors cannot leave a row pointing at a missing blob: the last writer of a
+ * (location, chain ID, recipe, parent) wins with a blob it pushed itself, and `forget`
+ * removes a row only if it still names the blob found missing.
+ *
  * The lookup protocol (check the target, mount or copy from elsewhere, forget stale
- * rows) lives in the convertor; this class only stores rows.
+ * rows) lives in the convertor; the backends only store rows.
  *
  * @example
  * ```ts
- * const cache = ConversionCache.open('work/conversion-cache.db');
- * cache.record({ host, repo, url, chainId, recipe, parentDigest: '', digest, size });
- * cache.find({ chainId, recipe, parentDigest: '' }, { host, repo }); // rows, that host/repo first
- * cache.close();
+ * const cache = await openConversionCache({ sqlitePath: 'work/conversion-cache.db' });
+ * await cache.record({ host, repo, url, chainId, recipe, parentDigest: '', digest, size });
+ * await cache.find({ chainId, recipe, parentDigest: '' }, { host, repo }); // that host/repo first
+ * await cache.close();
  * ```
  */
-import Database from 'better-sqlite3';
-import type { Database as DB } from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
-import { FailedPreconditionError } from '../io/errors.ts';
 
 /** Where a converted layer blob is stored. */
 export interface BlobLocation {
@@ -52,98 +54,25 @@ export interface CachedLayer extends BlobLocation {
   size: number;
 }
 
-interface Row {
-  host: string;
-  repo: string;
-  url: string;
-  chain_id: string;
-  recipe: string;
-  parent_digest: string;
-  data_digest: string;
-  data_size: number;
+/** The key of a conversion: the same source stack, parameters and parent blob. */
+export type ConversionKey = Pick<CachedLayer, 'chainId' | 'recipe' | 'parentDigest'>;
+
+/** The dedup database, whatever stores it. */
+export interface ConversionCache {
+  /** Every stored location of the conversion `key`; the rows of `prefer` first, newest first. */
+  find(key: ConversionKey, prefer?: Pick<BlobLocation, 'host' | 'repo'>): Promise<CachedLayer[]>;
+  /** Inserts or replaces the row of (host, repo, chain ID, recipe, parent digest). */
+  record(row: CachedLayer): Promise<void>;
+  /** Removes a row whose blob is gone (only while it still names that blob). */
+  forget(row: Pick<CachedLayer, 'host' | 'repo' | 'chainId' | 'recipe' | 'parentDigest' | 'digest'>): Promise<void>;
+  /** Number of rows (statistics, tests). */
+  count(): Promise<number>;
+  close(): Promise<void>;
 }
 
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS overlaybd_layers (
-  host        TEXT    NOT NULL,
-  repo        TEXT    NOT NULL,
-  chain_id    TEXT    NOT NULL,
-  recipe      TEXT    NOT NULL,
-  parent_digest TEXT  NOT NULL,
-  url         TEXT    NOT NULL,
-  data_digest TEXT    NOT NULL,
-  data_size   INTEGER NOT NULL,
-  created     INTEGER NOT NULL,
-  PRIMARY KEY (host, repo, chain_id, recipe, parent_digest)
-);
-CREATE INDEX IF NOT EXISTS index_chain_id ON overlaybd_layers (chain_id, recipe, parent_digest);
-`;
-
-export class ConversionCache {
-  readonly #db: DB;
-
-  private constructor(db: DB) {
-    this.#db = db;
-  }
-
-  /** Opens (creating) the cache file. */
-  static open(path: string): ConversionCache {
-    let db: DB;
-    try {
-      mkdirSync(dirname(path), { recursive: true });
-      db = new Database(path, { timeout: 10_000 });
-      db.pragma('journal_mode = WAL');
-      db.exec(SCHEMA);
-    } catch (e) {
-      throw new FailedPreconditionError(`Cannot open the conversion cache ${path}: ${(e as Error).message}`, { cause: e });
-    }
-    return new ConversionCache(db);
-  }
-
-  /** Every stored location of the conversion `key`; the rows of `prefer` first, newest first. */
-  find(key: Pick<CachedLayer, 'chainId' | 'recipe' | 'parentDigest'>, prefer?: Pick<BlobLocation, 'host' | 'repo'>): CachedLayer[] {
-    const rows = this.#db
-      .prepare(
-        'SELECT host, repo, url, chain_id, recipe, parent_digest, data_digest, data_size FROM overlaybd_layers WHERE chain_id = ? AND recipe = ? AND parent_digest = ? ORDER BY created DESC',
-      )
-      .all(key.chainId, key.recipe, key.parentDigest) as Row[];
-    const out = rows.map((r) => ({
-      host: r.host,
-      repo: r.repo,
-      url: r.url,
-      chainId: r.chain_id,
-      recipe: r.recipe,
-      parentDigest: r.parent_digest,
-      digest: r.data_digest,
-      size: r.data_size,
-    }));
-    if (prefer === undefined) return out;
-    const same = (r: CachedLayer): boolean => r.host === prefer.host && r.repo === prefer.repo;
-    return [...out.filter(same), ...out.filter((r) => !same(r))];
-  }
-
-  /** Inserts or replaces the row of (host, repo, chain ID, recipe, parent digest). */
-  record(row: CachedLayer): void {
-    this.#db
-      .prepare(
-        'INSERT OR REPLACE INTO overlaybd_layers (host, repo, chain_id, recipe, parent_digest, url, data_digest, data_size, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-      )
-      .run(row.host, row.repo, row.chainId, row.recipe, row.parentDigest, row.url, row.digest, row.size, Date.now());
-  }
-
-  /** Removes a row whose blob is gone. */
-  forget(row: Pick<CachedLayer, 'host' | 'repo' | 'chainId' | 'recipe' | 'parentDigest'>): void {
-    this.#db
-      .prepare('DELETE FROM overlaybd_layers WHERE host = ? AND repo = ? AND chain_id = ? AND recipe = ? AND parent_digest = ?')
-      .run(row.host, row.repo, row.chainId, row.recipe, row.parentDigest);
-  }
-
-  /** Number of rows (statistics, tests). */
-  count(): number {
-    return (this.#db.prepare('SELECT COUNT(*) AS n FROM overlaybd_layers').get() as { n: number }).n;
-  }
-
-  close(): void {
-    this.#db.close();
-  }
+/** Puts the rows of `prefer` first, keeping the order otherwise. */
+export function preferLocation(rows: CachedLayer[], prefer?: Pick<BlobLocation, 'host' | 'repo'>): CachedLayer[] {
+  if (prefer === undefined) return rows;
+  const same = (r: CachedLayer): boolean => r.host === prefer.host && r.repo === prefer.repo;
+  return [...rows.filter(same), ...rows.filter((r) => !same(r))];
 }

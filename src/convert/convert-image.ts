@@ -310,6 +310,7 @@ class Conversion {
       await this.#push(top, tag);
       return { descriptor: top.desc, ...this.result };
     } finally {
+      await this.#applier.close?.();
       if (this.#o.reserve !== true) {
         for (const d of this.#workDirs) await removeWorkDir(d);
         if (this.#base !== undefined) await rm(this.#base.file, { force: true });
@@ -434,6 +435,8 @@ class Conversion {
         lowers.push(l.file);
       }
       const downloads = this.#startDownloads(layers, { first, dirOf, platform });
+      // A committed blob is hashed while the next layer is built (nothing there needs its digest).
+      const built: Array<{ i: number; file: string; digested: Promise<{ digest: string; size: number }> }> = [];
       try {
         for (let i = first; i < layers.length; i++) {
           this.#check();
@@ -445,14 +448,22 @@ class Conversion {
           const stats = await this.#build(source, { i, count, platform, dir: dirOf(i), lowers, chain, expect }).catch((e: unknown) => {
             throw withContext(e, context);
           });
-          const { digest, size } = await fileDigest(stats.file);
-          this.#emit({ type: 'layer', platform, index: i, count, phase: 'commit', bytes: size, done: true });
-          out.push({ desc: this.#layerDescriptor(digest, size), chainId: chain[i] as string, parentDigest, file: stats.file });
-          parentDigest = digest;
+          const digested = fileDigest(stats.file).then((d) => {
+            this.#emit({ type: 'layer', platform, index: i, count, phase: 'commit', bytes: d.size, done: true });
+            return d;
+          });
+          digested.catch(() => {});
+          built.push({ i, file: stats.file, digested });
           lowers.push(stats.file);
           this.result.layersConverted++;
         }
+        for (const b of built) {
+          const { digest, size } = await b.digested;
+          out.push({ desc: this.#layerDescriptor(digest, size), chainId: chain[b.i] as string, parentDigest, file: b.file });
+          parentDigest = digest;
+        }
       } finally {
+        await Promise.allSettled(built.map((b) => b.digested));
         await downloads.cancel();
       }
     }
@@ -577,7 +588,7 @@ class Conversion {
   /** A usable cache row for `key`, forgetting rows whose blob is gone. */
   async #lookup(key: Pick<CachedLayer, 'chainId' | 'recipe' | 'parentDigest'>): Promise<CachedLayer | undefined> {
     const cache = this.#o.cache as ConversionCache;
-    for (const row of cache.find(key, this.#dstLocation)) {
+    for (const row of await cache.find(key, this.#dstLocation)) {
       const desc = this.#layerDescriptor(row.digest, row.size);
       let present: boolean;
       try {
@@ -586,7 +597,7 @@ class Conversion {
         continue; // unreachable now: keep the row, try the next
       }
       if (present) return row;
-      cache.forget(row);
+      await cache.forget(row);
     }
     return undefined;
   }
@@ -637,8 +648,9 @@ class Conversion {
     } else {
       await this.#transfer(row, l.desc, progress);
     }
+    this.#emit({ type: 'layer', platform: '', index: at.index, count: at.count, phase: 'push', bytes: l.desc.size, total: l.desc.size, done: true });
     if (l.chainId === '') return; // the base layer
-    this.#o.cache?.record({ ...this.#dstLocation, chainId: l.chainId, recipe: this.#recipe, parentDigest: l.parentDigest, digest: l.desc.digest, size: l.desc.size });
+    await this.#o.cache?.record({ ...this.#dstLocation, chainId: l.chainId, recipe: this.#recipe, parentDigest: l.parentDigest, digest: l.desc.digest, size: l.desc.size });
   }
 
   /** Copies a cached blob stored elsewhere, by cross-repository mount when on the same registry. */

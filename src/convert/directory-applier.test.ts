@@ -1,14 +1,16 @@
 /**
  * The apply semantics (erofs-and-fs.md §2.3 and §5 cases 3-6) on a plain directory:
  * every entry kind, whiteouts, opaque directories, replacements, attributes, hard links
- * and long names, compared with GNU tar's extraction of the same layers; unsafe and
+ * and long names, compared with GNU tar's extraction of the same layers plus
+ * containerd's hard-link rule (a hard-link header's owner, mode and times apply to the
+ * shared inode, which GNU tar does not do); unsafe and
  * malformed archives fail naming the entry and write nothing outside the root. Needs
  * root (chown, mknod, security.capability).
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lchownSync, lstatSync, lutimesSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -36,6 +38,23 @@ const zstd = (b: Uint8Array): Uint8Array => {
   return new Uint8Array(r.stdout);
 };
 
+/**
+ * The reference tree: GNU tar layer by layer, then what containerd does beyond it — the
+ * owner, mode and times of each hard-link header applied to the linked inode.
+ */
+function extractReference(layers: readonly Uint8Array[], entries: readonly TarWriteEntry[][], root: string): void {
+  layers.forEach((layer, i) => {
+    extractWithGnuTar([layer], root);
+    for (const e of entries[i] ?? []) {
+      if (e.type !== 'hardlink' || !existsSync(join(root, e.path))) continue;
+      const p = join(root, e.path);
+      lchownSync(p, e.uid ?? 0, e.gid ?? 0);
+      chmodSync(p, e.mode ?? 0o644);
+      lutimesSync(p, e.mtime ?? 0, e.mtime ?? 0);
+    }
+  });
+}
+
 async function applyAll(applier: LayerApplier, root: string, layers: Uint8Array[]): Promise<ApplyWarning[]> {
   const warnings: ApplyWarning[] = [];
   for (const l of layers) await applier.apply(stream(l), root, { onWarning: (w) => warnings.push(w) });
@@ -49,10 +68,10 @@ after(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-test('three layers of every entry kind give the tree GNU tar gives (gzip, zstd, plain)', async () => {
-  const { layers } = sampleLayers();
+test("three layers of every entry kind give the tree GNU tar gives, with containerd's hard-link rule (gzip, zstd, plain)", async () => {
+  const { layers, entries } = sampleLayers();
   const expected = fresh();
-  extractWithGnuTar(layers, expected);
+  extractReference(layers, entries, expected);
   const actual = fresh();
   const applier = new DirectoryApplier();
   const stats = [];
@@ -71,7 +90,8 @@ test('three layers of every entry kind give the tree GNU tar gives (gzip, zstd, 
   assert.deepEqual([s2.whiteouts, s2.opaques, s2.hardlinks], [1, 1, 1]);
   assert.deepEqual([s3.whiteouts, s3.opaques], [2, 1]);
   // Spot checks on top of the comparison.
-  assert.equal(statSync(join(actual, 'usr/bin/tool')).mode & 0o7777, 0o4755);
+  // The hard-link headers (mode 0644, owner 0:0, mtime 0) apply to the inode, as containerd does.
+  assert.deepEqual([statSync(join(actual, 'usr/bin/tool')).mode & 0o7777, statSync(join(actual, 'usr/bin/tool')).mtimeMs], [0o644, 0]);
   assert.equal(statSync(join(actual, 'tmp')).mode & 0o7777, 0o1777);
   assert.ok(!existsSync(join(actual, 'opt/removeme')));
   assert.deepEqual(readdirSync(join(actual, 'opt/opq')).sort(), ['c']);
@@ -220,9 +240,9 @@ test('huge declared sizes and truncated streams fail clearly', async () => {
 });
 
 test('SubprocessApplier gives the same tree and forwards warnings and typed errors', async () => {
-  const { layers } = sampleLayers();
+  const { layers, entries } = sampleLayers();
   const expected = fresh();
-  extractWithGnuTar(layers, expected);
+  extractReference(layers, entries, expected);
   const actual = fresh();
   const applier = new SubprocessApplier();
   const progress: number[] = [];
@@ -253,3 +273,53 @@ test('writeFile through the root is not followed for the final component', async
   assert.equal(readFileSync(join(root, 'f'), 'utf8'), 'new');
   assert.ok(!lstatSync(join(root, 'f')).isSymbolicLink());
 });
+
+/** Apply children of this process (pids), from /proc. */
+function applyChildren(): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === process.pid && readFileSync(`/proc/${name}/cmdline`, 'utf8').includes('_apply-child')) out.push(Number(name));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+test('SubprocessApplier: prepare() starts the child ahead; one warm child serves layer after layer; a failure ends it', async () => {
+  const applier = new SubprocessApplier();
+  applier.prepare();
+  applier.prepare(); // still one spare
+  const spare = applyChildren();
+  assert.equal(spare.length, 1);
+  const root = fresh();
+  const big = pseudoBytes(3 << 20);
+  for (const [i, data] of [enc.encode('a'), big, new Uint8Array(0)].entries()) {
+    // In small pieces, as a download delivers them.
+    const tar = buildTar([{ path: `f${i}`, type: 'file', data }]);
+    const pieces = Readable.from(Array.from({ length: Math.ceil(tar.length / 70_000) }, (_, k) => tar.subarray(k * 70_000, (k + 1) * 70_000)));
+    const s = await applier.apply(pieces, root);
+    assert.deepEqual([s.files, s.fileBytes], [1, data.length]);
+    assert.deepEqual(applyChildren(), spare, `layer ${i}: the same process`);
+  }
+  assert.deepEqual(new Uint8Array(readFileSync(join(root, 'f1'))), big);
+  // A failing layer: a typed error, and that process is gone; the next apply starts another.
+  await assert.rejects(applier.apply(stream(buildTar([{ path: '../x', type: 'file' }])), root), InvalidArgumentError);
+  assert.deepEqual(applyChildren(), []);
+  assert.equal((await applier.apply(stream(buildTar([{ path: 'b', type: 'file' }])), root)).files, 1);
+  assert.equal(applyChildren().length, 1);
+  await applier.close();
+  assert.deepEqual(applyChildren(), []);
+});
+
+function pseudoBytes(n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let i = 0, x = 1; i < n; i++) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    out[i] = x >>> 24;
+  }
+  return out;
+}

@@ -244,7 +244,7 @@ class Extraction {
     this.stats.directories++;
   }
 
-  #hardlink(abs: string, e: TarEntry, what: string): void {
+  async #hardlink(abs: string, e: TarEntry, what: string): Promise<void> {
     const target = normalizeEntryPath(e.linkpath, `${what}: hard-link target ${e.linkpath}`);
     if (target === '') throw new InvalidArgumentError(`Cannot apply ${what}: a hard link to the root directory`);
     const slash = target.lastIndexOf('/');
@@ -253,11 +253,19 @@ class Extraction {
     const st = from === undefined ? undefined : lstatSync(from, { throwIfNoEntry: false });
     if (from === undefined || st === undefined) throw new NotFoundError(`Cannot apply ${what}: its hard-link target ${e.linkpath} does not exist`);
     if (st.isDirectory()) throw new InvalidArgumentError(`Cannot apply ${what}: its hard-link target ${e.linkpath} is a directory`);
-    if (from === abs) return;
-    const here = lstatSync(abs, { throwIfNoEntry: false });
-    if (here !== undefined && here.ino === st.ino && here.dev === st.dev) return;
-    this.#create(abs, () => linkSync(from, abs));
-    this.stats.hardlinks++;
+    const here = from === abs ? st : lstatSync(abs, { throwIfNoEntry: false });
+    if (here === undefined || here.ino !== st.ino || here.dev !== st.dev) {
+      this.#create(abs, () => linkSync(from, abs));
+      this.stats.hardlinks++;
+    }
+    // containerd's (and upstream's) rule: the hard-link header's owner, xattrs, times and
+    // mode (not through a symlink) apply to the shared inode, in containerd's order (a
+    // chown clears setuid bits and capabilities set before it, so pending xattrs go first).
+    if (this.#xattrs.size > 0) await this.flushXattrs();
+    lchownSync(abs, e.uid, e.gid);
+    this.#queueXattrs(abs, { ...e, type: st.isSymbolicLink() ? 'symlink' : 'file' }, what);
+    lutimesSync(abs, e.mtime, e.mtime);
+    if (!st.isSymbolicLink()) chmodSync(abs, e.mode);
   }
 
   async #node(abs: string, e: TarEntry, what: string): Promise<void> {
@@ -318,7 +326,7 @@ class Extraction {
         this.stats.symlinks++;
         break;
       case 'hardlink':
-        this.#hardlink(abs, e, what);
+        await this.#hardlink(abs, e, what);
         break;
       default:
         await this.#node(abs, e, what);

@@ -65,6 +65,13 @@ export interface LayerApplier {
    * what was written before the failure stays.
    */
   apply(layer: AsyncIterable<Uint8Array>, rootDir: string, options?: ApplyOptions): Promise<ApplyStats>;
+  /**
+   * Optional: a hint that an `apply` follows soon (called before the device is attached),
+   * so the applier can get ready meanwhile (the subprocess applier starts its process).
+   */
+  prepare?(): void;
+  /** Optional: releases what `prepare` made ready and was not used. */
+  close?(): Promise<void>;
 }
 
 /** Zeroed statistics. */

@@ -49,6 +49,11 @@ test('diffTrees() reports the first difference of every kind it compares', async
     const b = fresh();
     utimesSync(join(b, 'd'), 5, 5);
     assert.equal(await diffTrees(a, b, { dirTimes: false }), undefined);
+    // dirTimesBefore: only directories whose expected mtime is earlier are compared.
+    assert.equal(await diffTrees(a, b, { dirTimesBefore: 1_000_000 }), undefined);
+    assert.match((await diffTrees(a, b, { dirTimesBefore: 1_000_001 })) ?? 'no difference', /^d: mtimeMs differs/);
+    utimesSync(join(b, 'g'), 5, 5);
+    assert.match((await diffTrees(a, b, { dirTimesBefore: 0 })) ?? 'no difference', /^g: mtimeMs differs/, 'file times are always compared');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

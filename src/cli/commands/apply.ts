@@ -40,6 +40,7 @@ export const applyCommand: Command = {
     const runDir = resolve(str(p, 'run-dir') ?? DEFAULT_RUN_DIR);
     const mountpoint = await mkdtemp(join(dirname(resolve(cfg.upper.data)), '.apply-'));
     const fsType = str(p, 'fstype');
+    const applier = new SubprocessApplier();
     try {
       const stats = await applyOnDevice(createReadStream(input), {
         cfg,
@@ -47,7 +48,7 @@ export const applyCommand: Command = {
         mkfs: flag(p, 'mkfs'),
         ...(fsType !== undefined ? { fsType } : {}),
         runDir,
-        applier: new SubprocessApplier(),
+        applier,
         applyOptions: { onWarning: (w) => io.err(`warning: ${w.entry}: ${w.message}\n`) },
       });
       const checksum = str(p, 'checksum');
@@ -56,6 +57,7 @@ export const applyCommand: Command = {
       }
       io.out(`applied ${input}: ${stats.entries} entries, ${stats.files} files (${stats.fileBytes} bytes), ${stats.whiteouts + stats.opaques} whiteouts; diff_id ${stats.diffId}\n`);
     } finally {
+      await applier.close();
       await rmdir(mountpoint).catch(() => {});
     }
   },

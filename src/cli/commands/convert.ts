@@ -15,11 +15,12 @@ import { isOciLayoutRef, parseOciLayoutRef } from '../../image/oci-layout.ts';
 import { parseReference } from '../../registry/reference.ts';
 import { chainCredentials, staticCredentials } from '../../registry/credentials.ts';
 import { convertImage, type ConvertEvent } from '../../convert/convert-image.ts';
-import { ConversionCache } from '../../convert/conversion-cache.ts';
+import { openConversionCache } from '../../convert/open-conversion-cache.ts';
+import { ProgressView } from '../../convert/progress-view.ts';
 
 const usage =
   'obd convert SRC DST [--fstype ext4] [--vsize GB] [--no-mkfs [--base-layer FILE]] [--algorithm lz4|zstd] [--bs KiB] [--oci]\n' +
-  '            [--concurrency-limit N] [--no-upload] [--dump-manifest] [--db PATH | --no-db] [--work-dir DIR] [--reserve]\n' +
+  '            [--concurrency-limit N] [--no-upload] [--dump-manifest] [--db PATH | --db-str URL [--db-type postgres] | --no-db] [--work-dir DIR] [--reserve]\n' +
   '            [--json] [--disable-sparse] [--plain-http HOST] [--insecure HOST] [--cred-file F] [--docker-config F]\n' +
   '       obd convert -r REPO (-i TAG | -g DIGEST) (-o TAG | --overlaybd TAG) [--plain] [-u USER:PASS] [-d DIR] ...\n' +
   '  SRC, DST: registry references or oci:DIR:TAG. --no-upload writes the result to oci:<work dir>/output:TAG.';
@@ -37,6 +38,8 @@ const OPTIONS = {
   'no-upload': { type: 'boolean' },
   'dump-manifest': { type: 'boolean' },
   db: { type: 'string' },
+  'db-str': { type: 'string' },
+  'db-type': { type: 'string' },
   'no-db': { type: 'boolean' },
   'work-dir': { type: 'string' },
   dir: { type: 'string', short: 'd' },
@@ -54,7 +57,6 @@ const OPTIONS = {
   verbose: { type: 'boolean' },
 } as const;
 
-const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
 /** SRC and DST from the positional form or upstream's `-r/-i/-g/-o` form. */
 function references(p: Parsed): { src: string; dst: string } {
@@ -73,9 +75,17 @@ function references(p: Parsed): { src: string; dst: string } {
 }
 
 /** Per-layer progress on a terminal: one line rewritten in place. */
+/**
+ * What `obd convert` shows while it runs: with `--json` every event as a JSON line on
+ * standard output; on a terminal a frame of per-layer progress lines (phase, bar, bytes,
+ * rate; see ProgressView) redrawn on standard error at most every 100 ms; otherwise
+ * only warnings.
+ */
 function progressPrinter(io: CliIo, json: boolean): (e: ConvertEvent) => void {
   if (json) return (e) => io.out(`${JSON.stringify(e)}\n`);
   const tty = io === processIo && process.stderr.isTTY === true;
+  const view = new ProgressView();
+  let drawn = 0;
   let last = 0;
   return (e) => {
     if (e.type === 'warning') {
@@ -84,11 +94,14 @@ function progressPrinter(io: CliIo, json: boolean): (e: ConvertEvent) => void {
     }
     if (!tty || e.type !== 'layer') return;
     const now = Date.now();
+    view.update(e, now);
     if (!e.done && now - last < 100) return;
     last = now;
-    const total = e.total !== undefined ? ` / ${mib(e.total)}` : '';
-    const line = `${e.platform ? `[${e.platform}] ` : ''}layer ${e.index + 1}/${e.count} ${e.phase} ${mib(e.bytes)}${total}${e.done ? ' done' : ''}`;
-    io.err(`\r\x1b[K${line}${e.done ? '\n' : ''}`);
+    const columns = process.stderr.columns ?? 0;
+    const lines = view.render(now, columns > 40 ? columns - 1 : 100);
+    // Back to the top of the previous frame, then every line cleared and redrawn.
+    io.err(`${drawn > 0 ? `\x1b[${drawn}F` : ''}${lines.map((l) => `\x1b[2K${l}\n`).join('')}`);
+    drawn = lines.length;
   };
 }
 
@@ -119,7 +132,15 @@ export const convertCommand: Command = {
     }
     accessOptions.plainHttp = plainHttp;
     const access = new RemoteAccess(accessOptions);
-    const cache = flag(p, 'no-db') ? undefined : ConversionCache.open(str(p, 'db') ?? join(workDir, 'conversion-cache.db'));
+    const dbType = str(p, 'db-type');
+    const dbStr = str(p, 'db-str');
+    const cache = flag(p, 'no-db')
+      ? undefined
+      : await openConversionCache({
+          ...(dbType !== undefined ? { dbType } : {}),
+          ...(dbStr !== undefined ? { dbStr } : {}),
+          sqlitePath: str(p, 'db') ?? join(workDir, 'conversion-cache.db'),
+        });
     try {
       const src = await openImageEndpoint(refs.src, { access, plainHttp });
       let dstRef = refs.dst;
@@ -180,7 +201,7 @@ export const convertCommand: Command = {
         );
       }
     } finally {
-      cache?.close();
+      await cache?.close();
       await access.close();
     }
   },
