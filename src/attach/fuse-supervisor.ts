@@ -76,6 +76,12 @@ export interface SuperviseFuseOptions {
   debug?: boolean;
   /** Keep a loaded spare child, so a restart does not wait for a process to start. Default true. */
   spare?: boolean;
+  /**
+   * Wait this long after the first child starts serving before loading the spare, so its
+   * start-up does not compete with the first reads (a container starting). After a restart
+   * the spare is loaded at once. Default 3000 ms.
+   */
+  spareDelayMs?: number;
   /** Limit for a child to load, open the device and answer INIT. Default 120 s. */
   startTimeoutMs?: number;
   /** Consecutive children that fail to take over before giving up. Default 5. */
@@ -241,6 +247,7 @@ class Supervisor implements SupervisedFuse {
   #failures = 0;
   #stopping = false;
   #ended = false;
+  #spareTimer: NodeJS.Timeout | undefined;
   #unmounting: Promise<void> | undefined;
 
   constructor(fuse: FuseMountpoint, options: SuperviseFuseOptions) {
@@ -326,7 +333,14 @@ class Supervisor implements SupervisedFuse {
     }
     this.#options.onServer?.(info);
     void child.exited.then((exit) => this.#onExit(child, exit, servingSince));
-    if (this.#options.spare !== false && this.#spare === undefined) this.#spare = this.#spawn();
+    if (this.#options.spare === false) return;
+    const delay = diedAt === undefined ? (this.#options.spareDelayMs ?? 3000) : 0;
+    clearTimeout(this.#spareTimer);
+    this.#spareTimer = setTimeout(() => {
+      this.#spareTimer = undefined;
+      if (!this.#stopping && !this.#ended && this.#spare === undefined) this.#spare = this.#spawn();
+    }, delay);
+    this.#spareTimer.unref();
   }
 
   #onExit(child: ServerProcess, exit: Exit, servingSince: number): void {
@@ -412,6 +426,7 @@ class Supervisor implements SupervisedFuse {
 
   /** Waits up to `ms` for every child to leave, dismisses the spare, kills the rest. */
   async #stopChildren(ms: number): Promise<void> {
+    clearTimeout(this.#spareTimer);
     const spare = this.#spare;
     this.#spare = undefined;
     await spare?.dismiss(1000);
