@@ -16,16 +16,27 @@
  * Cases (page cache dropped before each cold one):
  * - (a) `ctr images pull --plain-http REF:oci` (overlayfs snapshotter: fetch + unpack)
  *   and `ctr run --rm REF:oci python3 -c 'import json, sqlite3, email'`;
- * - (b) `obd rpull REF:obd` and `ctr run --rm --snapshotter overlaybd` of the same
- *   command (the device is attached at the container's Prepare and read on demand);
- * - (c) (b) again: the image is present, the device attached, its data cached.
+ * - (b) lazy pull + `ctr run --rm --snapshotter overlaybd` of the same command with trace
+ *   replay. The trace is recorded before the timed cases as a user does with `ctr
+ *   record-trace` (one run of the command with the snapshotter's record-trace labels in
+ *   a containerd of its own; see bench/support/accel-image.ts; cached) and turned into
+ *   the acceleration-layer image `REF:obd-accel` (pushed). By default (OBD_BENCH_ACCEL=layer)
+ *   (b) is `obd rpull REF:obd-accel` + run, what a user of an accelerated image does; with
+ *   OBD_BENCH_ACCEL=label it is `obd rpull REF:obd` + run with the labels
+ *   `…/record-trace=yes`, `…/record-trace-path=<a copy of the trace>`, the snapshotter's
+ *   other replay trigger (snapshotter.md §11.2). Either way the device is attached at
+ *   the container's Prepare, replays the trace in the background and reads on demand;
+ * - (c) (b) again: the image is present, the device attached, its data cached;
+ * - (p) for comparison, (b) with the plain overlaybd image `REF:obd`, in a fresh
+ *   containerd + snapshotter (empty caches).
  * (a)'s image, content and snapshots are removed before (b).
  *
  * Prints a table (seconds per phase, bytes through the proxy, requests), then
- * `RESULT cold-start/b-over-a <ratio>` and `RESULT cold-start/b-over-c <ratio>`
- * (target b/a <= 0.2).
+ * `RESULT cold-start/b-over-a <ratio>`, `RESULT cold-start/b-over-c <ratio>` and
+ * `RESULT cold-start/plain-b-over-a <ratio>` (target b/a <= 0.2).
  *
- * Environment: OBD_BENCH_CACHE (cache directory), OBD_BENCH_PACKAGES (debootstrap
+ * Environment: OBD_BENCH_CACHE (cache directory), OBD_BENCH_ACCEL (`label` or `layer`,
+ * see (b)), OBD_BENCH_PACKAGES (debootstrap
  * --include list, comma-separated), OBD_BENCH_TIMELINE=1 (print every request through
  * the proxy per phase), OBD_BENCH_DEBUG=1 (the snapshotter daemon's NODE_DEBUG=obd log).
  *
@@ -34,7 +45,7 @@
  * Run: `npm run bench -- cold-start` (or `node --import tsx bench/cold-start.ts`).
  */
 import { execFile, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -44,6 +55,7 @@ import { ConnectDelay } from './support/connect-delay.ts';
 import { RequestTimeline } from './support/request-timeline.ts';
 import { ContainerdEnv, sh } from './support/containerd-env.ts';
 import { benchImages, type LayerSpec, type RootfsSpec } from './support/bench-image.ts';
+import { accelImage } from './support/accel-image.ts';
 
 const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const CACHE_DIR = process.env['OBD_BENCH_CACHE'] ?? '/var/tmp/obd-bench-cache';
@@ -147,13 +159,18 @@ async function main(): Promise<void> {
     for (const [layout, tag] of [[images.oci, 'oci'], [images.obd, 'obd']] as const) {
       await sh([...OBD, 'push', `oci:${layout}:${tag}`, `${reg.host}/bench/python:${tag}`, '--plain-http', reg.host], 600_000);
     }
+    const accel = await accelImage({ cacheDir: CACHE_DIR, obdLayout: images.obd, ref: `${reg.host}/bench/python:obd`, registryHost: reg.host, command: COMMAND, obd: OBD, log });
+    log(`acceleration layer: ${accel.records} reads covering ${mb(accel.tracedBytes)} (trace ${accel.traceBytes} bytes)`);
+    await sh([...OBD, 'push', `oci:${accel.layout}:obd-accel`, `${reg.host}/bench/python:obd-accel`, '--plain-http', reg.host], 600_000);
     proxy = await FaultProxy.start({ upstream: reg.url, latencyMs: RTT_MS, bandwidthBytesPerSecond: BANDWIDTH });
     const timeline = new RequestTimeline();
     front = await ConnectDelay.start({ upstreamPort: Number(new URL(proxy.url).port), delayMs: RTT_MS, onData: timeline.onData });
     const host = `127.0.0.1:${front.port}`;
     const ref = (tag: string): string => `${host}/bench/python:${tag}`;
-    env = await ContainerdEnv.start({ obd: OBD, namespace: NS, plainHttp: [host], ...(process.env['OBD_BENCH_DEBUG'] ? { daemonEnv: { NODE_DEBUG: 'obd' } } : {}) });
-    const e = env;
+    const startEnv = (): Promise<ContainerdEnv> =>
+      ContainerdEnv.start({ obd: OBD, namespace: NS, plainHttp: [host], ...(process.env['OBD_BENCH_DEBUG'] ? { daemonEnv: { NODE_DEBUG: 'obd' } } : {}) });
+    env = await startEnv();
+    let e = env;
     const p = proxy;
     const f = front;
 
@@ -180,15 +197,33 @@ async function main(): Promise<void> {
     await e.ctr(['images', 'rm', '--sync', ref('oci')]);
     await e.collectGarbage();
 
-    // (b) lazy pull + run on overlaybd, cold.
+    // (b) lazy pull + run on overlaybd with trace replay, cold.
+    const viaLayer = (process.env['OBD_BENCH_ACCEL'] ?? 'layer') === 'layer';
+    const bTag = viaLayer ? 'obd-accel' : 'obd';
+    const replayTrace = join(e.dir, 'replay.trace');
+    copyFileSync(join(accel.layout, 'trace'), replayTrace);
+    const bLabels = viaLayer
+      ? []
+      : ['--snapshotter-label', 'containerd.io/snapshot/overlaybd/record-trace=yes', '--snapshotter-label', `containerd.io/snapshot/overlaybd/record-trace-path=${replayTrace}`];
+    log(`(b) replays the trace ${viaLayer ? 'of the acceleration layer (REF:obd-accel)' : 'given by the record-trace-path label (REF:obd)'}`);
     dropCaches();
-    const rpull = (): Promise<string> => sh([...OBD, 'rpull', ref('obd'), '--address', e.socket, '--namespace', NS, '--plain-http', host], 300_000);
-    await timed('b rpull', rpull);
-    checkRun(await timed('b run', () => e.run(['--snapshotter', 'overlaybd', ref('obd'), 'cs-b', ...COMMAND])), '(b)');
+    const rpull = (tag: string): Promise<string> => sh([...OBD, 'rpull', ref(tag), '--address', e.socket, '--namespace', NS, '--plain-http', host], 300_000);
+    await timed('b rpull', () => rpull(bTag));
+    checkRun(await timed('b run', () => e.run(['--snapshotter', 'overlaybd', ...bLabels, ref(bTag), 'cs-b', ...COMMAND])), '(b)');
 
     // (c) the same again, warm.
-    await timed('c rpull', rpull);
-    checkRun(await timed('c run', () => e.run(['--snapshotter', 'overlaybd', ref('obd'), 'cs-c', ...COMMAND])), '(c)');
+    await timed('c rpull', () => rpull(bTag));
+    checkRun(await timed('c run', () => e.run(['--snapshotter', 'overlaybd', ref(bTag), 'cs-c', ...COMMAND])), '(c)');
+
+    // (p) (b) with the plain overlaybd image, in a fresh containerd and snapshotter (cold caches).
+    const debugLog = e.daemonLog();
+    await e.stop((l) => log(l));
+    env = undefined;
+    env = await startEnv();
+    e = env;
+    dropCaches();
+    await timed('p rpull', () => rpull('obd'));
+    checkRun(await timed('p run', () => e.run(['--snapshotter', 'overlaybd', ref('obd'), 'cs-p', ...COMMAND])), '(p)');
 
     const sum = (prefix: string): Phase =>
       phases
@@ -200,16 +235,17 @@ async function main(): Promise<void> {
           requests: 0,
           connections: 0,
         });
-    const [a, b, c] = [sum('a'), sum('b'), sum('c')];
+    const [a, b, c, plain] = [sum('a'), sum('b'), sum('c'), sum('p')];
     console.log(`image ${mb(images.rootfsBytes)} unpacked; OCI ${mb(images.ociLayerBytes)} gzip in ${LAYERS.length} layers; overlaybd ${mb(images.obdLayerBytes)}`);
     console.log(`network: +${RTT_MS} ms per connection and per request, ${BANDWIDTH * 8 / 1e6} Mbit/s shared; command: ${COMMAND.join(' ')}`);
     console.log(`${'phase'.padEnd(12)} ${'seconds'.padStart(8)} ${'MB fetched'.padStart(11)} ${'requests'.padStart(9)} ${'conns'.padStart(6)}`);
-    for (const x of [...phases.slice(0, 2), a, ...phases.slice(2, 4), b, ...phases.slice(4, 6), c]) {
+    for (const x of [...phases.slice(0, 2), a, ...phases.slice(2, 4), b, ...phases.slice(4, 6), c, ...phases.slice(6, 8), plain]) {
       console.log(`${x.name.padEnd(12)} ${x.seconds.toFixed(2).padStart(8)} ${(x.bytes / 1e6).toFixed(1).padStart(11)} ${String(x.requests).padStart(9)} ${String(x.connections).padStart(6)}`);
     }
     console.log(`RESULT cold-start/b-over-a ${(b.seconds / a.seconds).toFixed(3)}`);
     console.log(`RESULT cold-start/b-over-c ${(b.seconds / c.seconds).toFixed(3)}`);
-    if (process.env['OBD_BENCH_DEBUG']) console.log(e.daemonLog());
+    console.log(`RESULT cold-start/plain-b-over-a ${(plain.seconds / a.seconds).toFixed(3)}`);
+    if (process.env['OBD_BENCH_DEBUG']) console.log(`${debugLog}\n${e.daemonLog()}`);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

@@ -3,6 +3,10 @@
  * local file (`file`, then `dir/overlaybd.commit`, `dir/.commit`, `dir/overlaybd.sealed`),
  * unwrapped (tar → ZFile → LSMT) and opened concurrently; the upper opened as a writable
  * layer stacked on top. Whatever was opened is closed again when any step fails.
+ *
+ * Trace prefetch (runtime.md §8): with `recordTracePath` or `accelerationLayer` a
+ * {@link TracePrefetcher} wraps every lower's decoded reader; replay starts once the
+ * stack is built, recording ends when the device closes (or its lock file is removed).
  */
 import { access } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -15,6 +19,7 @@ import type { ReadOnlyLayer, WritableLayer } from '../formats/lsmt/layer.ts';
 import { openWritableLayer } from '../formats/lsmt/writable-layer.ts';
 import { LsmtStack } from '../formats/lsmt/stack.ts';
 import type { DeviceConfig, LowerConfig } from '../image/device-config.ts';
+import { TracePrefetcher, type TracePrefetcherOptions } from './trace-prefetcher.ts';
 
 /** Opens the remote blob of a lower; supplied by the registry layer when present. */
 export type RemoteOpener = (lower: LowerConfig, index: number, repoBlobUrl: string) => Promise<BlobReader>;
@@ -23,6 +28,10 @@ export interface OpenDeviceOptions {
   remote?: RemoteOpener;
   /** Wraps each lower's raw blob reader (instrumentation: counting, tracing). */
   wrapBlob?: (reader: BlobReader, index: number) => BlobReader;
+  /** Trace replay settings (`prefetchConfig` of the service config). */
+  prefetch?: TracePrefetcherOptions;
+  /** Called with the trace prefetcher once the device is built and record/replay started. */
+  onPrefetch?: (prefetcher: TracePrefetcher) => void;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -44,7 +53,7 @@ export async function resolveLowerFile(lower: LowerConfig): Promise<string | und
   return undefined;
 }
 
-async function openLower(cfg: DeviceConfig, i: number, options: OpenDeviceOptions): Promise<ReadOnlyLayer> {
+async function openLower(cfg: DeviceConfig, i: number, options: OpenDeviceOptions & { prefetcher?: TracePrefetcher | undefined }): Promise<ReadOnlyLayer> {
   const lower = cfg.lowers[i] as LowerConfig;
   if (lower.targetFile !== '' || lower.targetDigest !== '') {
     throw new UnsupportedError(`Cannot open layer ${i}: TurboOCI layers are not supported yet`);
@@ -67,7 +76,8 @@ async function openLower(cfg: DeviceConfig, i: number, options: OpenDeviceOption
   if (options.wrapBlob !== undefined) raw = options.wrapBlob(raw, i);
   try {
     const { reader } = await openLayerBlob(raw);
-    return await openRoLayer(reader, { what: `layer ${i} (${file ?? lower.digest})` });
+    const decoded = options.prefetcher?.wrap(reader, i) ?? reader;
+    return await openRoLayer(decoded, { what: `layer ${i} (${file ?? lower.digest})` });
   } catch (e) {
     await raw.close().catch(() => {});
     throw e;
@@ -79,20 +89,30 @@ async function closeAll(items: ReadonlyArray<{ close(): Promise<void> } | undefi
 }
 
 /** Opens the layers of `cfg` and stacks them. */
-export async function openDevice(cfg: DeviceConfig, options: OpenDeviceOptions = {}): Promise<LsmtStack> {
-  const results = await Promise.allSettled(cfg.lowers.map((_, i) => openLower(cfg, i, options)));
+export async function openDevice(config: DeviceConfig, options: OpenDeviceOptions = {}): Promise<LsmtStack> {
+  const prefetcher = await TracePrefetcher.forConfig(config, options.prefetch);
+  const cfg = { ...config, lowers: TracePrefetcher.dataLowers(config) };
+  const results = await Promise.allSettled(cfg.lowers.map((_, i) => openLower(cfg, i, { ...options, prefetcher })));
   const lowers = results.map((r) => (r.status === 'fulfilled' ? r.value : undefined));
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed !== undefined) {
+    await prefetcher?.abort();
     await closeAll(lowers);
     throw failed.reason;
   }
   let upper: WritableLayer | undefined;
+  let stack: LsmtStack;
   try {
     if (cfg.upper !== undefined) upper = await openWritableLayer({ data: cfg.upper.data, index: cfg.upper.index, rwTag: cfg.lowers.length });
-    return await LsmtStack.create({ lowers: lowers as ReadOnlyLayer[], ...(upper ? { upper } : {}) });
+    stack = await LsmtStack.create({ lowers: lowers as ReadOnlyLayer[], ...(upper ? { upper } : {}) });
   } catch (e) {
+    await prefetcher?.abort();
     await closeAll([...lowers, upper]);
     throw e;
   }
+  if (prefetcher !== undefined) {
+    prefetcher.start();
+    options.onPrefetch?.(prefetcher);
+  }
+  return stack;
 }

@@ -1,0 +1,289 @@
+/**
+ * Trace-based prefetch (runtime.md §8.1–8.2): records which ranges of the lower layers a
+ * device reads, and replays such a trace after a later open so that the data is pulled
+ * into the cache before the workload asks for it.
+ *
+ * Offsets refer to the decoded layer files (the LSMT blobs after tar and ZFile decoding):
+ * {@link TracePrefetcher.wrap} goes around the reader `openLayerBlob()` returns, below the
+ * LSMT layer. The prefetcher lives as long as the wrapped readers: the first one closed
+ * (the device closing) stops recording (and writes the trace) or replay.
+ *
+ * Record protocol: `<trace>.lock` is created exclusively at start; deleting it (polled
+ * every second) or closing the device writes the trace, removes the lock and creates an
+ * empty `<trace>.ok`. Replay: `concurrency` workers take the read records in order and
+ * read each range (in pieces of at most 1 MiB; errors ignored) until done or closed; it
+ * never delays the device open.
+ *
+ * Dynamic file-list prefetch (§8.3, a non-trace file) is not implemented: such a file
+ * leaves prefetch disabled.
+ *
+ * @example
+ * ```ts
+ * const pf = await TracePrefetcher.forConfig(cfg); // undefined when prefetch is off
+ * const reader = pf ? pf.wrap(decoded, layerIndex) : decoded;
+ * // … open the stack on the wrapped readers, then:
+ * pf?.start();
+ * ```
+ */
+import { open, readFile, stat, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { debuglog } from 'node:util';
+import type { BlobReader, Evictable } from '../io/blob-reader.ts';
+import { isEvictable } from '../io/blob-reader.ts';
+import { InvalidArgumentError } from '../io/errors.ts';
+import type { DeviceConfig } from '../image/device-config.ts';
+import { decodeTrace, encodeTrace, hasTraceMagic, type TraceRecord } from './trace-file.ts';
+
+const log = debuglog('obd');
+
+/** Largest read a replay worker issues (upstream's buffer size). */
+export const REPLAY_PIECE = 1 << 20;
+/** Default number of replay workers (`prefetchConfig.concurrency`). */
+export const DEFAULT_REPLAY_CONCURRENCY = 16;
+
+export interface TracePrefetcherOptions {
+  /** Replay workers; default 16. */
+  concurrency?: number;
+  /** Lock file poll interval in ms while recording; default 1000. */
+  pollMs?: number;
+}
+
+/** What a replay did, once it ended (all records read, or the device closed). */
+export interface ReplayStats {
+  /** Read records of the trace. */
+  records: number;
+  /** Pieces (≤ 1 MiB) read successfully. */
+  pieces: number;
+  /** Bytes read successfully. */
+  bytes: number;
+  /** Pieces whose read failed (ignored). */
+  errors: number;
+  /** Whether the device closed before the replay finished. */
+  stopped: boolean;
+}
+
+async function fileSize(path: string): Promise<number | undefined> {
+  const s = await stat(path).catch(() => undefined);
+  return s?.isFile() === true ? s.size : undefined;
+}
+
+/** A layer reader that reports its reads (record mode) and its close to the prefetcher. */
+class TracedReader implements BlobReader, Evictable {
+  readonly #inner: BlobReader;
+  readonly #onRead: ((count: number, offset: number) => void) | undefined;
+  readonly #onClose: () => Promise<void>;
+
+  constructor(inner: BlobReader, hooks: { onRead?: (count: number, offset: number) => void; onClose: () => Promise<void> }) {
+    this.#inner = inner;
+    this.#onRead = hooks.onRead;
+    this.#onClose = hooks.onClose;
+  }
+
+  get size(): number {
+    return this.#inner.size;
+  }
+
+  async readAt(buf: Uint8Array, offset: number): Promise<number> {
+    const n = await this.#inner.readAt(buf, offset);
+    if (n > 0) this.#onRead?.(n, offset);
+    return n;
+  }
+
+  async evict(offset: number, length: number): Promise<void> {
+    if (isEvictable(this.#inner)) await this.#inner.evict(offset, length);
+  }
+
+  async close(): Promise<void> {
+    await this.#onClose();
+    await this.#inner.close();
+  }
+}
+
+/** Records or replays the reads of a device's lower layers (see the module comment). */
+export class TracePrefetcher {
+  /** `record`: appending reads to a new trace; `replay`: prefetching a recorded one. */
+  readonly mode: 'record' | 'replay';
+  /** The trace file. */
+  readonly path: string;
+  readonly #records: TraceRecord[];
+  readonly #concurrency: number;
+  readonly #pollMs: number;
+  readonly #layers = new Map<number, BlobReader>();
+  #recording = false;
+  #stopped = false;
+  #poll: NodeJS.Timeout | undefined;
+  #finishing: Promise<void> | undefined;
+  #replay: Promise<ReplayStats> | undefined;
+
+  private constructor(init: { mode: 'record' | 'replay'; path: string; records: TraceRecord[]; options: TracePrefetcherOptions }) {
+    this.mode = init.mode;
+    this.path = init.path;
+    this.#records = init.records;
+    this.#concurrency = Math.max(1, init.options.concurrency ?? DEFAULT_REPLAY_CONCURRENCY);
+    this.#pollMs = init.options.pollMs ?? 1000;
+  }
+
+  /**
+   * The prefetcher `cfg` asks for (runtime.md §2.5 steps 1–3), or undefined when prefetch
+   * is off. With `accelerationLayer` the trace is `<last lower dir>/trace`; the caller
+   * drops that lower (see {@link dataLowers}). Record mode creates `<trace>.lock`; when it
+   * already exists (another device records) recording is skipped.
+   *
+   * @throws InvalidArgumentError when both `accelerationLayer` and `recordTracePath` are set.
+   * @throws DataCorruptionError when a file starting with the trace magic is not a valid trace.
+   */
+  static async forConfig(cfg: DeviceConfig, options: TracePrefetcherOptions = {}): Promise<TracePrefetcher | undefined> {
+    if (cfg.accelerationLayer && cfg.recordTracePath !== '') {
+      throw new InvalidArgumentError('Cannot open device: accelerationLayer and recordTracePath are both set');
+    }
+    let path: string;
+    if (cfg.accelerationLayer) {
+      const last = cfg.lowers.at(-1);
+      if (last === undefined || last.dir === '') return undefined;
+      path = join(last.dir, 'trace');
+    } else if (cfg.recordTracePath !== '') {
+      path = cfg.recordTracePath;
+    } else {
+      return undefined;
+    }
+    const size = await fileSize(path);
+    if (size === undefined) return undefined;
+    if (size === 0) {
+      if (cfg.accelerationLayer) return undefined;
+      try {
+        await (await open(`${path}.lock`, 'wx')).close();
+      } catch (e) {
+        log('prefetch: not recording %s: cannot create %s.lock: %s', path, path, (e as Error).message);
+        return undefined;
+      }
+      const pf = new TracePrefetcher({ mode: 'record', path, records: [], options });
+      pf.#recording = true;
+      log('prefetch: recording reads into %s', path);
+      return pf;
+    }
+    const bytes = await readFile(path);
+    if (!hasTraceMagic(bytes)) {
+      log('prefetch: %s is not a trace; dynamic file-list prefetch is not supported', path);
+      return undefined;
+    }
+    const records = decodeTrace(bytes, { name: path }).filter((r) => r.op === 'R');
+    log('prefetch: replaying %d reads of %s', records.length, path);
+    return new TracePrefetcher({ mode: 'replay', path, records, options });
+  }
+
+  /** The lowers of `cfg` that are data layers (all but the trace layer with `accelerationLayer`). */
+  static dataLowers(cfg: DeviceConfig): DeviceConfig['lowers'] {
+    return cfg.accelerationLayer ? cfg.lowers.slice(0, -1) : cfg.lowers;
+  }
+
+  /** Records read so far (record mode) or to replay (replay mode). */
+  get records(): readonly TraceRecord[] {
+    return this.#records;
+  }
+
+  /** Wraps the decoded reader of lower `layerIndex`; closing it ends recording or replay first. */
+  wrap(reader: BlobReader, layerIndex: number): BlobReader {
+    this.#layers.set(layerIndex, reader);
+    const onClose = (): Promise<void> => this.#finish();
+    if (this.mode === 'replay') return new TracedReader(reader, { onClose });
+    return new TracedReader(reader, {
+      onClose,
+      onRead: (count, offset) => {
+        if (this.#recording) this.#records.push({ op: 'R', layerIndex, count, offset });
+      },
+    });
+  }
+
+  /** Starts lock polling (record) or the replay workers (replay); returns at once. */
+  start(): void {
+    if (this.#stopped) return;
+    if (this.mode === 'record') {
+      this.#poll = setInterval(() => {
+        void stat(`${this.path}.lock`).catch(() => {
+          log('prefetch: %s.lock removed: writing the trace', this.path);
+          void this.#finish();
+        });
+      }, this.#pollMs);
+      this.#poll.unref();
+    } else {
+      this.#replay ??= this.#runReplay();
+    }
+  }
+
+  /** Settles with the replay's figures once it ended; undefined before {@link start} or in record mode. */
+  replayed(): Promise<ReplayStats> | undefined {
+    return this.#replay;
+  }
+
+  /** Gives up after a failed device open: recording leaves no trace, only its lock removed. */
+  async abort(): Promise<void> {
+    this.#stopped = true;
+    clearInterval(this.#poll);
+    if (this.#recording) {
+      this.#recording = false;
+      this.#finishing = unlink(`${this.path}.lock`).catch(() => {});
+    }
+    await this.#finishing;
+    await this.#replay;
+  }
+
+  #finish(): Promise<void> {
+    this.#stopped = true;
+    clearInterval(this.#poll);
+    return (this.#finishing ??= (async () => {
+      if (this.#recording) {
+        this.#recording = false;
+        await this.#writeTrace();
+      }
+      await this.#replay;
+    })());
+  }
+
+  async #writeTrace(): Promise<void> {
+    try {
+      await writeFile(this.path, encodeTrace(this.#records));
+      await unlink(`${this.path}.lock`).catch(() => {});
+      await writeFile(`${this.path}.ok`, '');
+      log('prefetch: wrote %d reads to %s', this.#records.length, this.path);
+    } catch (e) {
+      log('prefetch: cannot write trace %s: %s', this.path, (e as Error).message);
+    }
+  }
+
+  async #runReplay(): Promise<ReplayStats> {
+    const stats: ReplayStats = { records: this.#records.length, pieces: 0, bytes: 0, errors: 0, stopped: false };
+    let next = 0;
+    let piece = 0;
+    const worker = async (): Promise<void> => {
+      const buf = new Uint8Array(REPLAY_PIECE);
+      while (!this.#stopped) {
+        const r = this.#records[next];
+        if (r === undefined) return;
+        const offset = r.offset + piece * REPLAY_PIECE;
+        const length = Math.min(REPLAY_PIECE, r.count - piece * REPLAY_PIECE);
+        if (piece * REPLAY_PIECE + length >= r.count) {
+          next++;
+          piece = 0;
+        } else {
+          piece++;
+        }
+        const layer = this.#layers.get(r.layerIndex);
+        if (layer === undefined || length <= 0 || offset < 0 || offset >= layer.size) continue;
+        try {
+          const n = await layer.readAt(buf.subarray(0, Math.min(length, layer.size - offset)), offset);
+          stats.pieces++;
+          stats.bytes += n;
+        } catch (e) {
+          stats.errors++;
+          log('prefetch: replay read of layer %d at %d failed: %s', r.layerIndex, offset, (e as Error).message);
+        }
+      }
+    };
+    // Let the caller finish opening before the first read.
+    await new Promise((resolve) => setImmediate(resolve));
+    await Promise.all(Array.from({ length: this.#concurrency }, worker));
+    stats.stopped = this.#stopped;
+    log('prefetch: replay of %s: %d pieces, %d bytes, %d errors%s', this.path, stats.pieces, stats.bytes, stats.errors, stats.stopped ? ' (stopped)' : '');
+    return stats;
+  }
+}
