@@ -25,7 +25,7 @@ export const READ_DEVICE_MODULE = new URL(`./_read-device${extname(fileURLToPath
  * the stack's extent table, with which the FUSE server answers READ in native threads.
  */
 export async function localReadsFor(cfg: DeviceConfig, options: { native?: boolean } = {}): Promise<FuseLocalReads | undefined> {
-  if (cfg.upper !== undefined || cfg.recordTracePath !== '' || cfg.lowers.length === 0) return undefined;
+  if (cfg.upper !== undefined || cfg.recordTracePath !== '' || cfg.accelerationLayer || cfg.lowers.length === 0) return undefined;
   const lowers: string[] = [];
   for (const lower of cfg.lowers) {
     if (lower.targetFile !== '' || lower.targetDigest !== '') return undefined;

@@ -21,6 +21,10 @@
  *    chain ID and answers AlreadyExists: that is success. A Prepare that succeeds means
  *    the snapshotter treated the layer as a plain one (it would need the layer data
  *    unpacked): rpull removes that snapshot and fails — it is for overlaybd images only.
+ *    Exception: an acceleration (trace) layer (`…/acceleration-layer: yes`, image-format.md
+ *    §9) is Prepared as a bind of its `fs` directory, as containerd's unpacker sees it:
+ *    rpull writes the layer's one file `trace` there (the blob, a small tar, is fetched
+ *    in step 1) and commits the snapshot under the chain ID.
  * 4. Label the config `containerd.io/gc.ref.snapshot.<snapshotter>` = top chain ID, as
  *    containerd's unpacker does: it keeps the snapshots alive and `ctr run` (whose
  *    `IsUnpacked` stats the top chain ID in the snapshotter) sees the image unpacked.
@@ -36,12 +40,17 @@
  * // r.layers[0].status === 'committed'
  * ```
  */
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { debuglog } from 'node:util';
 import { AlreadyExistsError, DataCorruptionError, FailedPreconditionError, NotFoundError } from '../io/errors.ts';
 import { RegistryClient, type RegistryClientOptions } from '../registry/client.ts';
 import type { Platform } from '../registry/platform.ts';
 import { formatReference, parseReference, type Reference } from '../registry/reference.ts';
+import { MemoryReader } from '../io/memory-reader.ts';
+import { readBytes } from '../io/blob-reader.ts';
+import { openTarPayload } from '../formats/tar/wrapper.ts';
 import { createSnapshotterClient } from './grpc-client.ts';
 import { LABELS } from './labels.ts';
 import { ContainerdClient, type ContainerdDescriptor } from './_containerd-client.ts';
@@ -54,6 +63,8 @@ export const DEFAULT_CONTAINERD_ADDRESS = '/run/containerd/containerd.sock';
 /** Largest image config rpull reads (configs are a few KiB). */
 const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
 const LEASE_EXPIRY_MS = 60 * 60 * 1000;
+/** Largest acceleration (trace) layer rpull fetches. */
+const MAX_TRACE_LAYER_BYTES = 64 * 1024 * 1024;
 
 /** Options of {@link rpull}. */
 export interface RpullOptions {
@@ -130,11 +141,19 @@ export async function rpull(ref: string, options: RpullOptions = {}): Promise<Rp
   const registry = new RegistryClient(options.registry ?? {});
   let resolved;
   let configBytes: Uint8Array;
+  const traceLayers = new Map<string, Uint8Array>();
   try {
     resolved = await registry.resolveImage(parsed, { ...signal, ...(options.platform === undefined ? {} : { platform: options.platform }) });
     const m = parseManifest(resolved.manifest.bytes, resolved.manifest.digest);
     if (m.config.size > MAX_CONFIG_BYTES) throw new DataCorruptionError(`Cannot pull ${name}: config ${m.config.digest} claims ${m.config.size} bytes`);
     configBytes = await readAll(await registry.getBlob(parsed, m.config.digest, { ...signal, size: m.config.size }), MAX_CONFIG_BYTES, `config ${m.config.digest}`);
+    for (const l of m.layers) {
+      if (l.annotations[LABELS.accelerationLayer] !== 'yes' || traceLayers.has(l.digest)) continue;
+      const tar = await readAll(await registry.getBlob(parsed, l.digest, { ...signal, size: l.size }), MAX_TRACE_LAYER_BYTES, `acceleration layer ${l.digest}`);
+      const payload = await openTarPayload(new MemoryReader(tar));
+      if (payload === null) throw new DataCorruptionError(`Cannot pull ${name}: acceleration layer ${l.digest} is not a tar`);
+      traceLayers.set(l.digest, await readBytes(payload, 0, payload.size, `trace of ${l.digest}`));
+    }
   } finally {
     await registry.close();
   }
@@ -201,13 +220,23 @@ export async function rpull(ref: string, options: RpullOptions = {}): Promise<Rp
         }
         const key = `extract-${randomId()}-${chainId}`;
         const labels = layerSnapshotLabels(layer, { chainId, imageRef: name });
+        let mounts;
         try {
-          await sn.prepare(key, parent, { labels });
+          mounts = await sn.prepare(key, parent, { labels });
         } catch (e) {
           if (!(e instanceof AlreadyExistsError)) throw e;
           const info = await sn.stat(chainId);
           if (info.kind !== 'committed') throw new FailedPreconditionError(`Cannot pull layer ${i} of ${name}: snapshot ${chainId} exists but is ${info.kind}`);
           log('rpull: layer %d (%s) is remote snapshot %s', i, layer.digest, chainId);
+          layers.push({ ...base, status: 'committed' });
+          continue;
+        }
+        const trace = traceLayers.get(layer.digest);
+        const fs = mounts[0];
+        if (trace !== undefined && mounts.length === 1 && fs?.type === 'bind') {
+          await writeFile(join(fs.source, 'trace'), trace, { mode: 0o444 });
+          await sn.commit(chainId, key, { labels });
+          log('rpull: acceleration layer %d (%s) committed as %s', i, layer.digest, chainId);
           layers.push({ ...base, status: 'committed' });
           continue;
         }
