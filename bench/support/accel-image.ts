@@ -23,7 +23,7 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rename, rm, unlink, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { OciLayout } from '../../src/image/oci-layout.ts';
-import { ANNOTATIONS, MEDIA_TYPES, type Descriptor } from '../../src/image/descriptor.ts';
+import { addAccelerationLayer } from '../../src/convert/acceleration-layer.ts';
 import { decodeTrace } from '../../src/device/trace-file.ts';
 import { ContainerdEnv, sh } from './containerd-env.ts';
 
@@ -75,49 +75,14 @@ async function recordTrace(o: { obd: string[]; registryHost: string; ref: string
   }
 }
 
-/** A ustar archive holding one file `trace` (mode 0444, owner 0, mtime 0). */
-async function traceTar(traceDir: string, out: string): Promise<void> {
-  await run(['tar', '--create', '--format=ustar', '--owner=0', '--group=0', '--numeric-owner', '--mtime=@0', '--mode=0444', '--file', out, '--directory', traceDir, 'trace'], 60_000);
-}
-
 async function writeAccelLayout(o: { obdLayout: string; tag: string; trace: string; dir: string }): Promise<void> {
   const src = await OciLayout.open(o.obdLayout);
   const manifestDesc = await src.resolve(o.tag);
-  const manifest = JSON.parse(new TextDecoder().decode(await src.readBlob(manifestDesc.digest))) as { schemaVersion: number; mediaType?: string; config: Descriptor; layers: Descriptor[] };
-  const config = JSON.parse(new TextDecoder().decode(await src.readBlob(manifest.config.digest))) as { rootfs: { diff_ids: string[] }; history?: unknown[]; created?: string };
-
   await mkdir(join(o.dir, 'blobs'), { recursive: true });
   await run(['cp', '-al', join(o.obdLayout, 'blobs', 'sha256'), join(o.dir, 'blobs', 'sha256')], 60_000);
-  await writeFile(join(o.dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
-  await writeFile(join(o.dir, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [] }));
-  const layout = await OciLayout.open(o.dir);
-
-  const tarPath = join(o.dir, 'trace.tar');
-  await traceTar(join(o.trace, '..'), tarPath);
-  const tar = new Uint8Array(await readFile(tarPath));
-  await rm(tarPath);
-  const digest = await layout.writeBlob(tar);
-  const oldTop = manifest.layers.at(-1)?.annotations ?? {};
-  const traceLayer: Descriptor = {
-    mediaType: MEDIA_TYPES.ociLayerTar,
-    digest,
-    size: tar.length,
-    annotations: {
-      [ANNOTATIONS.version]: '0.1.0',
-      [ANNOTATIONS.blobDigest]: digest,
-      [ANNOTATIONS.blobSize]: String(tar.length),
-      [ANNOTATIONS.accelerationLayer]: 'yes',
-      ...(oldTop[ANNOTATIONS.fsType] !== undefined ? { [ANNOTATIONS.fsType]: oldTop[ANNOTATIONS.fsType] } : {}),
-    },
-  };
-  const now = new Date().toISOString();
-  const newConfig = { ...config, created: now, rootfs: { ...config.rootfs, diff_ids: [...config.rootfs.diff_ids, digest] }, history: [{ created: now, created_by: 'Acceleration Layer' }, ...(config.history ?? [])] };
-  const configBytes = new TextEncoder().encode(JSON.stringify(newConfig, null, 3));
-  const configDigest = await layout.writeBlob(configBytes);
-  const newManifest = { ...manifest, config: { ...manifest.config, digest: configDigest, size: configBytes.length }, layers: [...manifest.layers, traceLayer] };
-  const manifestBytes = new TextEncoder().encode(JSON.stringify(newManifest, null, 3));
-  const newDigest = await layout.writeBlob(manifestBytes);
-  await layout.tag({ mediaType: manifestDesc.mediaType, digest: newDigest, size: manifestBytes.length }, 'obd-accel');
+  const layout = await OciLayout.openOrCreate(o.dir);
+  await layout.tag(manifestDesc, o.tag);
+  await addAccelerationLayer({ layout, from: o.tag, to: 'obd-accel', trace: new Uint8Array(await readFile(o.trace)) });
 }
 
 /**
