@@ -38,6 +38,9 @@ import { ContainerdEnv, containerdSkipReason, hostMounts, sh } from './support/c
 import { createSnapshotterClient } from '../src/snapshotter/grpc-client.ts';
 import { LABELS } from '../src/snapshotter/labels.ts';
 import { AlreadyExistsError } from '../src/io/errors.ts';
+import { OciLayout } from '../src/image/oci-layout.ts';
+import { encodeTrace } from '../src/device/trace-file.ts';
+import { addAccelerationLayer } from '../src/convert/acceleration-layer.ts';
 
 const BUSYBOX = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p) && readFileSync(p).subarray(0, 4).toString('latin1') === '\x7fELF');
 const NS = 'obdconv';
@@ -391,4 +394,42 @@ test("layers prepared with the CRI plugin's labels (containerd.io/snapshot/cri.*
   await env!.ctr('images', 'rm', '--sync', ref);
   assert.deepEqual(readdirSync(snapshots), [], 'removing the image removed the remote snapshots');
   assert.deepEqual(await env!.sessions(), [], 'and detached the image device');
+});
+
+test('an accelerated image (trace layer on top) is pulled by rpull; its device replays the trace in the background', T, async () => {
+  const m = await manifestOf('obd/busybox:obd');
+  const top = m.layers[m.layers.length - 1]!;
+  // The converted image plus a trace that reads the whole top layer, which the command below never touches.
+  const layoutDir = join(env!.dir, 'accel');
+  await obd('push', `${reg!.host}/obd/busybox:obd`, `oci:${layoutDir}:obd`, '--plain-http', reg!.host);
+  const trace = encodeTrace([{ op: 'R', layerIndex: m.layers.length - 1, count: 8 << 20, offset: 0 }]);
+  await addAccelerationLayer({ layout: await OciLayout.open(layoutDir), from: 'obd', to: 'accel', trace });
+  await obd('push', `oci:${layoutDir}:accel`, `${reg!.host}/obd/busybox:accel`, '--plain-http', reg!.host);
+  const accelRef = `${proxyHost}/obd/busybox:accel`;
+  const accel = await manifestOf('obd/busybox:accel');
+  assert.equal(accel.layers.length, m.layers.length + 1);
+
+  await obd('rpull', accelRef, '--address', env!.sock, '--namespace', NS, '--plain-http', proxyHost);
+  // The trace layer is a committed snapshot holding the trace file.
+  const snapshots = join(env!.snapshotterRoot, 'snapshots');
+  const traced = readdirSync(snapshots).filter((id) => existsSync(join(snapshots, id, 'fs', 'trace')));
+  assert.equal(traced.length, 1, 'one snapshot holds the trace');
+  assert.deepEqual(new Uint8Array(readFileSync(join(snapshots, traced[0]!, 'fs', 'trace'))), trace);
+
+  proxy!.resetCounters();
+  assert.equal(await env!.ctrRun(accelRef, 'conv-accel', 'cat', '/etc/layer0'), 'layer0\n');
+  const configs = readdirSync(snapshots)
+    .map((id) => join(snapshots, id, 'block', 'config.v1.json'))
+    .filter((p) => existsSync(p))
+    .map((p) => JSON.parse(readFileSync(p, 'utf8')) as { accelerationLayer?: boolean; lowers: unknown[] });
+  assert.ok(
+    configs.some((c) => c.accelerationLayer === true && c.lowers.length === accel.layers.length),
+    'the image device is configured to replay the acceleration layer',
+  );
+  // `cat /etc/layer0` reads nothing of the top layer's 1 MiB file; the replay fetches all of it.
+  const topBytes = (): number => proxy!.counters.blobBytes[top.digest] ?? 0;
+  for (let i = 0; i < 300 && topBytes() < top.size * 0.9; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.ok(topBytes() >= top.size * 0.9, `${topBytes()} bytes of the top layer fetched; it has ${top.size}`);
+  await env!.ctr('containers', 'rm', 'conv-accel');
+  await env!.ctr('images', 'rm', '--sync', accelRef);
 });

@@ -69,6 +69,8 @@ export interface FaultProxyCounters {
   upstreamErrors: number;
   /** Body bytes written to clients. */
   bytesSent: number;
+  /** Body bytes written per blob digest (`…/blobs/<digest>` requests). */
+  blobBytes: Record<string, number>;
   /** Stalled responses the proxy destroyed itself after `stallMaxMs`. */
   stallTimeouts: number;
 }
@@ -82,6 +84,7 @@ function zeroCounters(): FaultProxyCounters {
     faults: { drop: 0, 'drop-after-headers': 0, 'server-error': 0, stall: 0, truncate: 0, flip: 0 },
     upstreamErrors: 0,
     bytesSent: 0,
+    blobBytes: {},
     stallTimeouts: 0,
   };
 }
@@ -123,6 +126,8 @@ export class FaultProxy {
   readonly #eligible: (req: IncomingMessage) => boolean;
   #rates: FaultRates;
   #counters = zeroCounters();
+  /** The blob digest each response carries, for `blobBytes`. */
+  readonly #blobOf = new WeakMap<ServerResponse, string>();
   /** Token bucket: bytes available (negative = debt being waited out) at `#bucketAt`. */
   #tokens = 0;
   #bucketAt = 0;
@@ -164,7 +169,7 @@ export class FaultProxy {
 
   /** A snapshot of the counters. */
   get counters(): FaultProxyCounters {
-    return { ...this.#counters, faults: { ...this.#counters.faults } };
+    return { ...this.#counters, faults: { ...this.#counters.faults }, blobBytes: { ...this.#counters.blobBytes } };
   }
 
   /** Sets every counter back to zero (e.g. after a setup request). */
@@ -243,6 +248,8 @@ export class FaultProxy {
     c.requests++;
     if (req.method === 'GET' && req.headers.range !== undefined) c.rangeGets++;
     if (req.method === 'GET' && (req.url ?? '').includes('/blobs/')) c.blobGets++;
+    const blob = /\/blobs\/(sha256:[0-9a-f]{64})/.exec(req.url ?? '')?.[1];
+    if (blob !== undefined) this.#blobOf.set(res, blob);
     let kind: FaultKind | null = null;
     if (this.#eligible(req)) {
       c.eligible++;
@@ -356,6 +363,8 @@ export class FaultProxy {
           if (this.#rate > 0) await this.#take(piece.length);
           if (res.destroyed || this.#closed) return;
           this.#counters.bytesSent += piece.length;
+          const blob = this.#blobOf.get(res);
+          if (blob !== undefined) this.#counters.blobBytes[blob] = (this.#counters.blobBytes[blob] ?? 0) + piece.length;
           if (!res.write(piece)) await this.#drain(res);
           if (res.destroyed || this.#closed) return;
         }
