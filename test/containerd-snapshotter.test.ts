@@ -21,9 +21,9 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, openSync, closeSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createSnapshotter, type Snapshotter } from '../src/snapshotter/snapshotter.ts';
@@ -33,6 +33,7 @@ import { FakeDeviceMounter } from './fakes/fake-device-mounter.ts';
 import { LABELS, REMOTE_LABEL_VALUE } from '../src/snapshotter/labels.ts';
 import { createSnapshotterClient } from '../src/snapshotter/grpc-client.ts';
 import { AlreadyExistsError } from '../src/io/errors.ts';
+import { spawnContainerd } from './support/containerd-process.ts';
 
 const BUSYBOX = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p) && readFileSync(p).subarray(0, 4).toString('latin1') === '\x7fELF');
 const TOOLS = ['/usr/bin/containerd', '/usr/bin/ctr', '/usr/sbin/runc'];
@@ -188,28 +189,7 @@ before(async () => {
     mirrorRegistry: [{ host: 'registry.obd.test', insecure: true }],
   });
   server = await startSnapshotterServer({ snapshotter, address: join(dir, 'sn.sock') });
-  await writeFile(
-    join(dir, 'config.toml'),
-    [
-      'version = 2',
-      `root = "${join(dir, 'root')}"`,
-      `state = "${join(dir, 'state')}"`,
-      'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-      '[grpc]',
-      `  address = "${join(dir, 'containerd.sock')}"`,
-      '[ttrpc]',
-      `  address = "${join(dir, 'containerd.sock.ttrpc')}"`,
-      '[debug]',
-      '  address = ""',
-      '[proxy_plugins.overlaybd]',
-      '  type = "snapshot"',
-      `  address = "${server.address}"`,
-      '',
-    ].join('\n'),
-  );
-  const log = openSync(join(dir, 'containerd.log'), 'w');
-  containerd = spawn('containerd', ['--config', join(dir, 'config.toml')], { detached: true, stdio: ['ignore', log, log] });
-  closeSync(log);
+  containerd = await spawnContainerd({ dir: dir, socket: join(dir, 'containerd.sock'), snapshotterSocket: server.address });
   await waitForContainerd();
 });
 

@@ -16,8 +16,8 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync, closeSync, readdirSync, readFileSync } from 'node:fs';
+import { execFile, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { main } from '../src/cli/main.ts';
@@ -28,6 +28,7 @@ import { listSessions } from '../src/attach/session.ts';
 import { startRegistry, type TestRegistry } from './support/registry.ts';
 import { FaultProxy } from './fakes/fault-proxy.ts';
 import { FIXTURES } from './support/shared.ts';
+import { spawnContainerd } from './support/containerd-process.ts';
 
 const LAYOUT = `oci:${join(FIXTURES, 'hello-world-converted')}:amd64-converted`;
 const LAYER_DIGEST = 'sha256:022231c3f1af70e0cc42f0c3781eabf174cff608210585bf93fc83e16d33672d';
@@ -165,28 +166,7 @@ before(async () => {
   });
   await Promise.race([isReady, daemonDone.then(() => assert.fail('the snapshotter daemon stopped before it was ready'))]);
 
-  await writeFile(
-    join(dir, 'config.toml'),
-    [
-      'version = 2',
-      `root = "${join(dir, 'root')}"`,
-      `state = "${join(dir, 'state')}"`,
-      'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-      '[grpc]',
-      `  address = "${sock()}"`,
-      '[ttrpc]',
-      `  address = "${sock()}.ttrpc"`,
-      '[debug]',
-      '  address = ""',
-      '[proxy_plugins.overlaybd]',
-      '  type = "snapshot"',
-      `  address = "${join(dir, 'sn.sock')}"`,
-      '',
-    ].join('\n'),
-  );
-  const log = openSync(join(dir, 'containerd.log'), 'w');
-  containerd = spawn('containerd', ['--config', join(dir, 'config.toml')], { detached: true, stdio: ['ignore', log, log] });
-  closeSync(log);
+  containerd = await spawnContainerd({ dir: dir, socket: sock(), snapshotterSocket: join(dir, 'sn.sock') });
   await waitForContainerd();
 });
 

@@ -15,6 +15,7 @@ import { closeSync, existsSync, openSync, readFileSync, readdirSync } from 'node
 import { mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { listSessions } from '../../src/attach/session.ts';
+import { spawnContainerd } from '../../test/support/containerd-process.ts';
 
 /** containerd 1.6 puts shim sockets in /run/containerd/s whatever its config says. */
 const RUN_DIR = '/run/containerd';
@@ -112,28 +113,7 @@ export class ContainerdEnv {
     closeSync(daemonLog);
     await this.#waitFor('the snapshotter daemon', this.#daemon, async () => (await readFile(join(this.dir, 'snapshotter.log'), 'utf8')).includes('snapshotter: serving'));
 
-    await writeFile(
-      join(this.dir, 'config.toml'),
-      [
-        'version = 2',
-        `root = "${join(this.dir, 'root')}"`,
-        `state = "${join(this.dir, 'state')}"`,
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-        '[grpc]',
-        `  address = "${this.socket}"`,
-        '[ttrpc]',
-        `  address = "${this.socket}.ttrpc"`,
-        '[debug]',
-        '  address = ""',
-        '[proxy_plugins.overlaybd]',
-        '  type = "snapshot"',
-        `  address = "${join(this.dir, 'sn.sock')}"`,
-        '',
-      ].join('\n'),
-    );
-    const log = openSync(join(this.dir, 'containerd.log'), 'w');
-    this.#containerd = spawn('containerd', ['--config', join(this.dir, 'config.toml')], { detached: true, stdio: ['ignore', log, log] });
-    closeSync(log);
+    this.#containerd = await spawnContainerd({ dir: this.dir, socket: this.socket, snapshotterSocket: join(this.dir, 'sn.sock') });
     await this.#waitFor('containerd', this.#containerd, async () => {
       try {
         await sh(['ctr', '-a', this.socket, 'version'], 5000);

@@ -18,11 +18,12 @@
  * ```
  */
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { listSessions, type SessionRecord } from '../../src/attach/session.ts';
+import { spawnContainerd } from './containerd-process.ts';
 
 /** containerd 1.6 puts shim sockets in /run/containerd/s whatever its config says. */
 const RUN_DIR = '/run/containerd';
@@ -217,28 +218,7 @@ export class ContainerdEnv {
 
   /** Starts containerd with a private config naming our snapshotter socket `overlaybd`. */
   async startContainerd(): Promise<void> {
-    await writeFile(
-      join(this.dir, 'config.toml'),
-      [
-        'version = 2',
-        `root = "${join(this.dir, 'root')}"`,
-        `state = "${join(this.dir, 'state')}"`,
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-        '[grpc]',
-        `  address = "${this.sock}"`,
-        '[ttrpc]',
-        `  address = "${this.sock}.ttrpc"`,
-        '[debug]',
-        '  address = ""',
-        '[proxy_plugins.overlaybd]',
-        '  type = "snapshot"',
-        `  address = "${this.snapshotterSocket}"`,
-        '',
-      ].join('\n'),
-    );
-    const log = openSync(join(this.dir, 'containerd.log'), 'w');
-    this.#containerd = spawn('containerd', ['--config', join(this.dir, 'config.toml')], { detached: true, stdio: ['ignore', log, log] });
-    closeSync(log);
+    this.#containerd = await spawnContainerd({ dir: this.dir, socket: this.sock, snapshotterSocket: this.snapshotterSocket });
     const deadline = Date.now() + 30_000;
     for (;;) {
       if (this.#containerd.exitCode !== null) {

@@ -22,11 +22,12 @@
  * }
  * ```
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { execFile, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, rmdir } from 'node:fs/promises';
 import { join, sep } from 'node:path';
 import { chainIds } from '../../src/convert/chain-id.ts';
+import { spawnContainerd } from './containerd-process.ts';
 
 const TOOLS = ['/usr/bin/containerd', '/usr/bin/ctr'];
 /** containerd 1.6 puts shim sockets in /run/containerd/s whatever its config says. */
@@ -99,25 +100,7 @@ export async function startContainerd(): Promise<ContainerdReference> {
   const dir = await mkdtemp('/tmp/obd-ctdref-');
   const sock = join(dir, 'containerd.sock');
   const ctr = (...args: string[]): Promise<string> => sh(['ctr', '-a', sock, '-n', NS, ...args]);
-  await writeFile(
-    join(dir, 'config.toml'),
-    [
-      'version = 2',
-      `root = "${join(dir, 'root')}"`,
-      `state = "${join(dir, 'state')}"`,
-      'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-      '[grpc]',
-      `  address = "${sock}"`,
-      '[ttrpc]',
-      `  address = "${sock}.ttrpc"`,
-      '[debug]',
-      '  address = ""',
-      '',
-    ].join('\n'),
-  );
-  const log = openSync(join(dir, 'containerd.log'), 'w');
-  const containerd: ChildProcess = spawn('containerd', ['--config', join(dir, 'config.toml')], { detached: true, stdio: ['ignore', log, log] });
-  closeSync(log);
+  const containerd: ChildProcess = await spawnContainerd({ dir: dir, socket: sock });
   const exited = new Promise<void>((r) => containerd.once('exit', () => r()));
   let n = 0;
 

@@ -1,0 +1,49 @@
+/**
+ * A private containerd 1.6 for tests and benches: its config (root, state and sockets in
+ * `dir`, CRI disabled, optionally our snapshotter as proxy plugin `overlaybd`) and the
+ * process, in a process group of its own so a teardown can signal all of it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+/** Options of {@link spawnContainerd}. */
+export interface SpawnContainerdOptions {
+  /** Holds config.toml, containerd.log, root/ and state/. */
+  dir: string;
+  /** containerd's gRPC socket (ttrpc gets `<socket>.ttrpc`). */
+  socket: string;
+  /** Our snapshotter's socket, declared as proxy snapshotter `overlaybd`. */
+  snapshotterSocket?: string;
+}
+
+/** The config.toml of a private containerd. */
+export function containerdConfigToml(o: SpawnContainerdOptions): string {
+  const lines = [
+    'version = 2',
+    `root = "${join(o.dir, 'root')}"`,
+    `state = "${join(o.dir, 'state')}"`,
+    'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+    '[grpc]',
+    `  address = "${o.socket}"`,
+    '[ttrpc]',
+    `  address = "${o.socket}.ttrpc"`,
+    '[debug]',
+    '  address = ""',
+  ];
+  if (o.snapshotterSocket !== undefined) lines.push('[proxy_plugins.overlaybd]', '  type = "snapshot"', `  address = "${o.snapshotterSocket}"`);
+  return `${lines.join('\n')}\n`;
+}
+
+/** Writes the config and starts containerd (detached, log in `dir/containerd.log`); the caller waits for it and stops it. */
+export async function spawnContainerd(o: SpawnContainerdOptions): Promise<ChildProcess> {
+  const config = join(o.dir, 'config.toml');
+  await writeFile(config, containerdConfigToml(o));
+  const log = openSync(join(o.dir, 'containerd.log'), 'w');
+  try {
+    return spawn('containerd', ['--config', config], { detached: true, stdio: ['ignore', log, log] });
+  } finally {
+    closeSync(log);
+  }
+}
