@@ -11,6 +11,7 @@ import type { RemoteAccess } from '../image/remote-access.ts';
 import { isOciLayoutRef } from '../image/oci-layout.ts';
 import type { LsmtStack } from '../formats/lsmt/stack.ts';
 import { openDevice } from './open-device.ts';
+import { downloadSettings } from './trace-prefetcher.ts';
 
 export interface OpenedTarget {
   device: LsmtStack;
@@ -30,7 +31,7 @@ export async function targetDeviceConfig(target: string, options: { access: Remo
 
 export async function openTarget(target: string, options: { access: RemoteAccess; plainHttp?: readonly string[] }): Promise<OpenedTarget> {
   const config = await targetDeviceConfig(target, options);
-  const device = await openDevice(config, { remote: options.access.opener(config.download) });
+  const device = await openDevice(config, { remote: options.access.opener(await downloadSettings(config)) });
   return {
     device,
     config,

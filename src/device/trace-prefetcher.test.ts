@@ -17,7 +17,7 @@ import { RemoteAccess } from '../image/remote-access.ts';
 import type { LsmtStack } from '../formats/lsmt/stack.ts';
 import { openDevice } from './open-device.ts';
 import { decodeTrace, encodeTrace } from './trace-file.ts';
-import type { TracePrefetcher } from './trace-prefetcher.ts';
+import { downloadSettings, type TracePrefetcher } from './trace-prefetcher.ts';
 import { pseudoRandom } from '../../test/support/sample-layers.ts';
 import { StaticRangeOrigin } from '../../test/fakes/static-range-origin.ts';
 
@@ -243,5 +243,23 @@ test('an acceleration layer without a trace is dropped and nothing is replayed',
     assert.deepEqual(await read(device, 4 * MiB, 4096), pseudoRandom(3, 4096));
   } finally {
     await device.close();
+  }
+});
+
+test('downloadSettings() turns background download off while recording a trace, and only then', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'obd-dl-'));
+  try {
+    const download = { enable: true, delay: 5 };
+    const cfgWith = (extra: Record<string, unknown>) =>
+      parseDeviceConfig(JSON.stringify({ lowers: [{ file: join(dir, 'layer') }], download, ...extra }), dir);
+    const trace = join(dir, 'trace');
+    assert.deepEqual(await downloadSettings(cfgWith({})), download, 'no trace: as configured');
+    assert.deepEqual(await downloadSettings(cfgWith({ recordTracePath: trace })), download, 'the trace file does not exist: no recording');
+    writeFileSync(trace, '');
+    assert.deepEqual(await downloadSettings(cfgWith({ recordTracePath: trace })), { enable: false, delay: 5 }, 'an empty trace file: recording');
+    writeFileSync(trace, encodeTrace([{ op: 'R', layerIndex: 0, count: 512, offset: 0 }]));
+    assert.deepEqual(await downloadSettings(cfgWith({ recordTracePath: trace })), download, 'a trace to replay: as configured');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -287,3 +287,13 @@ export class TracePrefetcher {
     return stats;
   }
 }
+
+/**
+ * The `download` settings to open the remote lowers of `cfg` with: the config's own, but
+ * disabled while the device records a trace (runtime.md §2.5 step 3: `recordTracePath`
+ * names an existing empty file), so the trace holds the workload's reads only.
+ */
+export async function downloadSettings(cfg: DeviceConfig): Promise<Record<string, unknown> | undefined> {
+  if (cfg.accelerationLayer || cfg.recordTracePath === '') return cfg.download;
+  return (await fileSize(cfg.recordTracePath)) === 0 ? { ...cfg.download, enable: false } : cfg.download;
+}

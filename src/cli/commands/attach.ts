@@ -29,6 +29,7 @@ import type { DeviceConfig } from '../../image/device-config.ts';
 import { createNbdServer } from '../../nbd/nbd-server.ts';
 import { nbdUri } from '../../nbd/nbd-uri.ts';
 import type { BlockDevice } from '../../io/block-device.ts';
+import { downloadSettings } from '../../device/trace-prefetcher.ts';
 
 export const ATTACH_OPTIONS = {
   ...REMOTE_OPTIONS,
@@ -205,7 +206,7 @@ async function serveInProcess(
 ): Promise<void> {
   let device;
   try {
-    device = await openDevice(cfg, { remote: how.access.opener(cfg.download) });
+    device = await openDevice(cfg, { remote: how.access.opener(await downloadSettings(cfg)) });
     await writeResultFile(how.resultFile);
   } catch (e) {
     await writeResultFile(how.resultFile, e).catch(() => {});
