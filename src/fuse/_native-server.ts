@@ -9,13 +9,12 @@
 import { closeSync, fstatSync, openSync, writeSync } from 'node:fs';
 import { constants } from 'node:os';
 import { debuglog } from 'node:util';
-import diagnostics from 'node:diagnostics_channel';
 import type { BlockDevice } from '../io/block-device.ts';
 import { FailedPreconditionError } from '../io/errors.ts';
 import type { NativeBinding, NativeFuseHandle } from '../native/index.ts';
 import { AlignedAccess } from './_aligned-access.ts';
-import { errnoFor } from './_errno.ts';
-import { DEFAULT_MAX_IO, DeviceOpCode, FuseRequestHandler, READ_DATA_AT } from './request-handler.ts';
+import { runDeviceOp } from './_device-op.ts';
+import { DEFAULT_MAX_IO, FuseRequestHandler, READ_DATA_AT } from './request-handler.ts';
 import type { DeviceRequest, FuseFileConfig } from './request-handler.ts';
 import { Opcode, opcodeName } from './protocol.ts';
 import type { InitOut } from './protocol.ts';
@@ -23,8 +22,6 @@ import type { FuseExtentTable, FuseService, FuseServiceEnd } from './serve-fuse-
 
 const log = debuglog('obd');
 const E = constants.errno;
-const requestChannel = diagnostics.channel('obd:fuse:request');
-const OP_NAMES: Record<number, string> = { 1: 'READ', 2: 'WRITE', 3: 'FSYNC', 4: 'DISCARD' };
 const ENDS: FuseServiceEnd[] = ['unmounted', 'stopped', 'failed'];
 const ALGO = { lz4: 1, zstd: 2 } as const;
 
@@ -182,33 +179,7 @@ export class NativeServer implements FuseService {
 
   async #run(request: DeviceRequest, buf: Uint8Array): Promise<number> {
     const { code, offset, length, dataAt } = request;
-    const started = requestChannel.hasSubscribers ? performance.now() : 0;
-    let result: number;
-    try {
-      switch (code) {
-        case DeviceOpCode.READ:
-          result = await this.#access.read(buf.subarray(dataAt, dataAt + length), offset);
-          break;
-        case DeviceOpCode.WRITE:
-          result = await this.#access.write(buf.subarray(dataAt, dataAt + length), offset);
-          break;
-        case DeviceOpCode.FLUSH:
-          await this.#access.flush();
-          result = 0;
-          break;
-        case DeviceOpCode.TRIM:
-          await this.#access.discard(offset, length);
-          result = 0;
-          break;
-        default:
-          result = -E.EINVAL;
-      }
-    } catch (e) {
-      result = -errnoFor(e, code);
-      log('fuse: %s of %d bytes at %d failed with errno %d: %s', OP_NAMES[code] ?? code, length, offset, -result, (e as Error).message);
-    }
-    if (requestChannel.hasSubscribers) requestChannel.publish({ op: OP_NAMES[code], offset, length, result, ms: performance.now() - started });
-    return result;
+    return runDeviceOp(this.#access, { code, offset, length, data: buf.subarray(dataAt, dataAt + length) });
   }
 
   #write(bytes: Uint8Array): void {

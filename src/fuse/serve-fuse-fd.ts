@@ -22,27 +22,22 @@
  * ```
  */
 import { writeSync } from 'node:fs';
-import { constants } from 'node:os';
 import { debuglog } from 'node:util';
-import diagnostics from 'node:diagnostics_channel';
 import type { BlockDevice } from '../io/block-device.ts';
 import { InvalidArgumentError } from '../io/errors.ts';
-import { errnoFor } from './_errno.ts';
+import { runDeviceOp } from './_device-op.ts';
 import { AlignedAccess } from './_aligned-access.ts';
 import { bundleModule, prepareWorkers, startWorker } from './_start-worker.ts';
 import { NativeServer } from './_native-server.ts';
 import { CTL_BYTES, CTL_F64_AT, Ctl, CtlF64, SHARED_BYTES, Shared, SlotState } from './_channel.ts';
 import type { WorkerLocalReads, WorkerMessage } from './_channel.ts';
-import { DEFAULT_MAX_IO, DeviceOpCode, FUSE_PAGE_SIZE } from './request-handler.ts';
+import { DEFAULT_MAX_IO, FUSE_PAGE_SIZE } from './request-handler.ts';
 import type { FuseFileConfig } from './request-handler.ts';
 import { OUT_HEADER_SIZE, encodeNotifyResend, viewOf } from './protocol.ts';
 import type { InitOut } from './protocol.ts';
 
 const log = debuglog('obd');
-const E = constants.errno;
 /** `obd:fuse:request` — one message per device request: `{ op, offset, length, result, ms }`. */
-const requestChannel = diagnostics.channel('obd:fuse:request');
-const OP_NAMES: Record<number, string> = { 1: 'READ', 2: 'WRITE', 3: 'FSYNC', 4: 'DISCARD' };
 /**
  * Fewest native READ threads: a thread waits for the disk while its layer bytes are not
  * in the page cache, so reads in flight ≤ threads; 32 matches loop at qd32 (README.md).
@@ -271,34 +266,7 @@ class FdServer implements FuseService {
     const dataAt = ch.ctl[Ctl.DATA_AT] as number;
     const offset = ch.f64[CtlF64.OFFSET] as number;
     const length = ch.f64[CtlF64.LENGTH] as number;
-    const started = requestChannel.hasSubscribers ? performance.now() : 0;
-    let result: number;
-    try {
-      switch (code) {
-        case DeviceOpCode.READ:
-          result = await this.#access.read(ch.bytes.subarray(dataAt, dataAt + length), offset);
-          break;
-        case DeviceOpCode.WRITE:
-          result = await this.#access.write(ch.bytes.subarray(dataAt, dataAt + length), offset);
-          break;
-        case DeviceOpCode.FLUSH:
-          await this.#access.flush();
-          result = 0;
-          break;
-        case DeviceOpCode.TRIM:
-          await this.#access.discard(offset, length);
-          result = 0;
-          break;
-        default:
-          result = -E.EINVAL;
-      }
-    } catch (e) {
-      result = -errnoFor(e, code);
-      log('fuse: %s of %d bytes at %d failed with errno %d: %s', OP_NAMES[code] ?? code, length, offset, -result, (e as Error).message);
-    }
-    if (requestChannel.hasSubscribers) {
-      requestChannel.publish({ op: OP_NAMES[code], offset, length, result, ms: performance.now() - started });
-    }
+    const result = await runDeviceOp(this.#access, { code, offset, length, data: ch.bytes.subarray(dataAt, dataAt + length) });
     ch.ctl[Ctl.RESULT] = result;
     Atomics.store(ch.ctl, Ctl.STATE, SlotState.DONE);
     Atomics.notify(ch.ctl, Ctl.STATE);
