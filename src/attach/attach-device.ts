@@ -10,10 +10,11 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BlockDevice } from '../io/block-device.ts';
 import { FailedPreconditionError } from '../io/errors.ts';
-import { serveFuse, type FuseMount } from '../fuse/serve-fuse.ts';
+import { serveFuse } from '../fuse/serve-fuse.ts';
 import type { FuseLocalReads } from '../fuse/serve-fuse-fd.ts';
 import { createNbdServer } from '../nbd/nbd-server.ts';
 import { attachLoop, detachLoop } from './loop-device.ts';
+import { loopOverFuse } from './_loop-over-fuse.ts';
 import { runCommand } from './run-command.ts';
 
 export interface Attachment {
@@ -41,41 +42,21 @@ export interface AttachOptions {
 
 export async function attachDevice(device: BlockDevice, options: AttachOptions = {}): Promise<Attachment> {
   if (options.frontend === 'nbd') return attachThroughNbd(device, options);
-  const runDir = options.runDir ?? '/run/obd';
-  await mkdir(runDir, { recursive: true, mode: 0o700 });
-  const mountpoint = await mkdtemp(join(runDir, 'fuse-'));
-  let fuse: FuseMount | undefined;
-  let loop: string | undefined;
-  try {
-    fuse = await serveFuse(device, {
-      mountpoint,
-      ...(options.workers !== undefined ? { workers: options.workers } : {}),
-      ...(options.localReads !== undefined ? { localReads: options.localReads } : {}),
-    });
-    loop = await attachLoop(fuse.path, { readOnly: device.readOnly });
-  } catch (e) {
-    await fuse?.unmount().catch(() => {});
-    await rm(mountpoint, { recursive: true, force: true }).catch(() => {});
-    throw e;
-  }
-  const blockDevice = loop;
-  const served = fuse;
-  let detached: Promise<void> | undefined;
+  const { served, blockDevice, detach } = await loopOverFuse(
+    options.runDir ?? '/run/obd',
+    (mountpoint) =>
+      serveFuse(device, {
+        mountpoint,
+        ...(options.workers !== undefined ? { workers: options.workers } : {}),
+        ...(options.localReads !== undefined ? { localReads: options.localReads } : {}),
+      }),
+    () => device.readOnly,
+  );
   return {
     blockDevice,
     file: served.path,
     closed: served.closed,
-    detach() {
-      detached ??= (async () => {
-        try {
-          await detachLoop(blockDevice);
-        } finally {
-          await served.unmount();
-          await rm(mountpoint, { recursive: true, force: true }).catch(() => {});
-        }
-      })();
-      return detached;
-    },
+    detach,
   };
 }
 

@@ -5,12 +5,10 @@
  * `fuse-supervisor.ts`). This process never opens the device: the child does, from
  * `device` (a device config for obd).
  */
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import { superviseFuse } from './fuse-supervisor.ts';
-import type { ServerCommand, SupervisedFuse } from './fuse-supervisor.ts';
+import type { ServerCommand } from './fuse-supervisor.ts';
 import type { Attachment } from './attach-device.ts';
-import { attachLoop, detachLoop } from './loop-device.ts';
+import { loopOverFuse } from './_loop-over-fuse.ts';
 
 /** Options of {@link attachSupervised}. */
 export interface AttachSupervisedOptions {
@@ -38,29 +36,19 @@ export interface SupervisedAttachment extends Attachment {
 
 /** Supervised FUSE → `losetup --direct-io=on`; on failure nothing stays attached. */
 export async function attachSupervised(options: AttachSupervisedOptions): Promise<SupervisedAttachment> {
-  const runDir = options.runDir ?? '/run/obd';
-  await mkdir(runDir, { recursive: true, mode: 0o700 });
-  const mountpoint = await mkdtemp(join(runDir, 'fuse-'));
-  let fuse: SupervisedFuse | undefined;
-  let loop: string | undefined;
-  try {
-    fuse = await superviseFuse({
-      mountpoint,
-      server: options.server,
-      device: options.device,
-      ...(options.workers !== undefined ? { workers: options.workers } : {}),
-      ...(options.spare !== undefined ? { spare: options.spare } : {}),
-      ...(options.onServer !== undefined ? { onServer: options.onServer } : {}),
-    });
-    loop = await attachLoop(fuse.path, { readOnly: fuse.readOnly });
-  } catch (e) {
-    await fuse?.unmount().catch(() => {});
-    await rm(mountpoint, { recursive: true, force: true }).catch(() => {});
-    throw e;
-  }
-  const served = fuse;
-  const blockDevice = loop;
-  let detached: Promise<void> | undefined;
+  const { served, blockDevice, detach } = await loopOverFuse(
+    options.runDir ?? '/run/obd',
+    (mountpoint) =>
+      superviseFuse({
+        mountpoint,
+        server: options.server,
+        device: options.device,
+        ...(options.workers !== undefined ? { workers: options.workers } : {}),
+        ...(options.spare !== undefined ? { spare: options.spare } : {}),
+        ...(options.onServer !== undefined ? { onServer: options.onServer } : {}),
+      }),
+    (f) => f.readOnly,
+  );
   return {
     blockDevice,
     file: served.path,
@@ -73,16 +61,6 @@ export async function attachSupervised(options: AttachSupervisedOptions): Promis
     get restarts() {
       return served.restarts;
     },
-    detach() {
-      detached ??= (async () => {
-        try {
-          await detachLoop(blockDevice);
-        } finally {
-          await served.unmount();
-          await rm(mountpoint, { recursive: true, force: true }).catch(() => {});
-        }
-      })();
-      return detached;
-    },
+    detach,
   };
 }
