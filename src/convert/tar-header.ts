@@ -16,29 +16,13 @@
  * ```
  */
 import { DataCorruptionError, InvalidArgumentError } from '../io/errors.ts';
+import { USTAR_FIELDS } from '../formats/tar/wrapper.ts';
 
 /** Size of a tar block. */
 export const TAR_BLOCK = 512;
 
-/** Byte offset and size of every header field. */
-export const TAR_FIELDS = {
-  name: [0, 100],
-  mode: [100, 8],
-  uid: [108, 8],
-  gid: [116, 8],
-  size: [124, 12],
-  mtime: [136, 12],
-  chksum: [148, 8],
-  typeflag: [156, 1],
-  linkname: [157, 100],
-  magic: [257, 6],
-  version: [263, 2],
-  uname: [265, 32],
-  gname: [297, 32],
-  devmajor: [329, 8],
-  devminor: [337, 8],
-  prefix: [345, 155],
-} as const;
+/** Byte offset and size of every header field (the ustar layout the tar wrapper also reads). */
+export const TAR_FIELDS = USTAR_FIELDS;
 
 type Field = keyof typeof TAR_FIELDS;
 
