@@ -33,7 +33,7 @@ import { FakeDeviceMounter } from './fakes/fake-device-mounter.ts';
 import { LABELS, REMOTE_LABEL_VALUE } from '../src/snapshotter/labels.ts';
 import { createSnapshotterClient } from '../src/snapshotter/grpc-client.ts';
 import { AlreadyExistsError } from '../src/io/errors.ts';
-import { spawnContainerd } from './support/containerd-process.ts';
+import { spawnContainerd, stopContainerd } from './support/containerd-process.ts';
 
 const BUSYBOX = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p) && readFileSync(p).subarray(0, 4).toString('latin1') === '\x7fELF');
 const TOOLS = ['/usr/bin/containerd', '/usr/bin/ctr', '/usr/sbin/runc'];
@@ -202,29 +202,7 @@ after(async () => {
       console.error(`cleanup (${what}): ${(e as Error).message}`);
     }
   };
-  if (containerd?.exitCode === null) {
-    await tidy('tasks', async () => {
-      for (const line of (await ctr('tasks', 'ls', '-q')).split('\n').filter(Boolean)) await ctr('tasks', 'kill', '-s', 'SIGKILL', line).catch(() => undefined);
-      for (const line of (await ctr('tasks', 'ls', '-q')).split('\n').filter(Boolean)) await ctr('tasks', 'rm', '-f', line).catch(() => undefined);
-    });
-    await tidy('containers', async () => {
-      for (const line of (await ctr('containers', 'ls', '-q')).split('\n').filter(Boolean)) await ctr('containers', 'rm', line);
-    });
-    // Stop containerd: SIGTERM to its process group, SIGKILL after 10 s.
-    await tidy('containerd', async () => {
-      const exited = new Promise<void>((r) => containerd!.once('exit', () => r()));
-      process.kill(-containerd!.pid!, 'SIGTERM');
-      const timer = setTimeout(() => {
-        try {
-          process.kill(-containerd!.pid!, 'SIGKILL');
-        } catch {
-          // already gone
-        }
-      }, 10_000);
-      await exited;
-      clearTimeout(timer);
-    });
-  }
+  if (containerd !== undefined) await stopContainerd(containerd, ctr, (what, e) => console.error(`cleanup (${what}): ${e.message}`));
   for (const pid of shimPids()) {
     await tidy(`shim ${pid}`, async () => process.kill(pid, 'SIGKILL'));
   }

@@ -28,7 +28,7 @@ import { listSessions } from '../src/attach/session.ts';
 import { startRegistry, type TestRegistry } from './support/registry.ts';
 import { FaultProxy } from './fakes/fault-proxy.ts';
 import { FIXTURES } from './support/shared.ts';
-import { spawnContainerd } from './support/containerd-process.ts';
+import { spawnContainerd, stopContainerd } from './support/containerd-process.ts';
 
 const LAYOUT = `oci:${join(FIXTURES, 'hello-world-converted')}:amd64-converted`;
 const LAYER_DIGEST = 'sha256:022231c3f1af70e0cc42f0c3781eabf174cff608210585bf93fc83e16d33672d';
@@ -179,28 +179,7 @@ after(async () => {
       console.error(`cleanup (${what}): ${(e as Error).message}`);
     }
   };
-  if (containerd?.exitCode === null) {
-    await tidy('tasks', async () => {
-      for (const line of (await ctr('tasks', 'ls', '-q')).split('\n').filter(Boolean)) await ctr('tasks', 'kill', '-s', 'SIGKILL', line).catch(() => undefined);
-      for (const line of (await ctr('tasks', 'ls', '-q')).split('\n').filter(Boolean)) await ctr('tasks', 'rm', '-f', line).catch(() => undefined);
-    });
-    await tidy('containers', async () => {
-      for (const line of (await ctr('containers', 'ls', '-q')).split('\n').filter(Boolean)) await ctr('containers', 'rm', line);
-    });
-    await tidy('containerd', async () => {
-      const exited = new Promise<void>((r) => containerd!.once('exit', () => r()));
-      process.kill(-containerd!.pid!, 'SIGTERM');
-      const timer = setTimeout(() => {
-        try {
-          process.kill(-containerd!.pid!, 'SIGKILL');
-        } catch {
-          // already gone
-        }
-      }, 10_000);
-      await exited;
-      clearTimeout(timer);
-    });
-  }
+  if (containerd !== undefined) await stopContainerd(containerd, ctr, (what, e) => console.error(`cleanup (${what}): ${e.message}`));
   for (const pid of shimPids()) await tidy(`shim ${pid}`, async () => process.kill(pid, 'SIGKILL'));
   await tidy('daemon', async () => {
     daemonStop?.abort();

@@ -47,3 +47,40 @@ export async function spawnContainerd(o: SpawnContainerdOptions): Promise<ChildP
     closeSync(log);
   }
 }
+
+/**
+ * Teardown of a private containerd: SIGKILLs and removes its tasks, removes its
+ * containers (`ctr` runs `ctr -a SOCK -n NS …`), then SIGTERMs its process group,
+ * SIGKILL after 10 s. Each step's failure goes to `report` and the next step runs.
+ */
+export async function stopContainerd(
+  containerd: ChildProcess,
+  ctr: (...args: string[]) => Promise<string>,
+  report: (what: string, e: Error) => void,
+): Promise<void> {
+  if (containerd.exitCode !== null || containerd.signalCode !== null) return;
+  const step = async (what: string, fn: () => Promise<unknown>): Promise<void> => {
+    await fn().catch((e: Error) => report(what, e));
+  };
+  const ids = async (kind: string): Promise<string[]> => (await ctr(kind, 'ls', '-q')).split('\n').filter(Boolean);
+  await step('tasks', async () => {
+    for (const id of await ids('tasks')) await ctr('tasks', 'kill', '-s', 'SIGKILL', id).catch(() => undefined);
+    for (const id of await ids('tasks')) await ctr('tasks', 'rm', '-f', id).catch(() => undefined);
+  });
+  await step('containers', async () => {
+    for (const id of await ids('containers')) await ctr('containers', 'rm', id);
+  });
+  await step('containerd', async () => {
+    const exited = new Promise<void>((r) => containerd.once('exit', () => r()));
+    process.kill(-(containerd.pid as number), 'SIGTERM');
+    const timer = setTimeout(() => {
+      try {
+        process.kill(-(containerd.pid as number), 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }, 10_000);
+    await exited;
+    clearTimeout(timer);
+  });
+}
