@@ -10,33 +10,28 @@
  * (or plain with `--compression none`) in a local OCI layout.
  *
  * Baseline: `mkfs.ext4` with upstream's options on a plain loop device over a sparse
- * 64 GiB file, mount, `tar -x` of each layer in order, umount. Ours: `convertImage` into
- * a local OCI layout (per layer: writable layer, mkfs on the bottom one, FUSE + loop +
- * mount, apply in a child process, umount, commit to a tar-wrapped lz4 ZFile, store).
- * A profile round then runs the same steps one by one for each layer and prints the time
- * of each phase (create, attach+mkfs, apply, umount+detach, flush, commit, store).
+ * 64 GiB file, mount, `tar -x` of each layer in order, umount. Ours: the built CLI as a
+ * user runs it (`node dist/src/cli/bin/obd.js convert oci:SRC:bench oci:OUT:bench
+ * --no-db --json`, built first when stale) into a local OCI layout: per layer apply onto
+ * one disk image, collect the changed blocks, commit a tar-wrapped lz4 ZFile (in the
+ * background while the next layer applies), then store (src/convert/raw-image-builder.ts).
+ * The JSON events, timestamped as they arrive, give each layer's apply and commit time.
  *
  * `node --import tsx bench/convert.ts [--packages a,b] [--compression gzip|none] [--rounds n]`
- * Needs root, debootstrap (first run: the Debian mirror), /dev/fuse, losetup.
+ * Needs root, debootstrap (first run: the Debian mirror), losetup.
  * Prints tables and `RESULT convert/total-ratio <ours/baseline>` (target ≤ 2),
  * `RESULT convert/apply-ratio`, `RESULT convert/throughput-MBps`.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { OciLayout } from '../src/image/oci-layout.ts';
 import { MEDIA_TYPES, type Descriptor } from '../src/image/descriptor.ts';
-import { openImageEndpoint } from '../src/image/image-endpoint.ts';
-import { RemoteAccess } from '../src/image/remote-access.ts';
-import { convertImage, type ConvertEvent } from '../src/convert/convert-image.ts';
-import { createWritableLayer } from '../src/formats/lsmt/writable-layer.ts';
-import { commitFile } from '../src/formats/lsmt/commit-files.ts';
-import { openDevice } from '../src/device/open-device.ts';
-import { startSession } from '../src/attach/session.ts';
-import { SubprocessApplier } from '../src/convert/subprocess-applier.ts';
-import type { DeviceConfig } from '../src/image/device-config.ts';
+import type { ConvertEvent } from '../src/convert/convert-image.ts';
+import { ensureBuilt, OBD } from './support/dist-cli.ts';
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -176,87 +171,33 @@ async function baseline(dir: string, tars: string[]): Promise<{ total: number; e
   return { total, extract };
 }
 
-/** The whole conversion; apply time summed over the layers from the events. */
-async function ours(dir: string, layout: string, round: number): Promise<{ total: number; apply: number; commit: number; blobBytes: number }> {
+/** The whole conversion by the built CLI; per-layer apply and commit times from its JSON events. */
+async function ours(dir: string, layout: string, round: number): Promise<{ total: number; layers: Array<{ apply: number; commit: number }>; blobBytes: number }> {
   await exec(['sync']);
-  const access = new RemoteAccess();
-  const started = new Map<string, number>();
-  const spent = { apply: 0, commit: 0 };
-  const onEvent = (e: ConvertEvent): void => {
-    if (e.type !== 'layer' || (e.phase !== 'apply' && e.phase !== 'commit')) return;
-    const k = `${e.index}:${e.phase}`;
-    if (!started.has(k)) started.set(k, performance.now());
-    if (e.done) spent[e.phase] += performance.now() - (started.get(k) as number);
-  };
   const out = join(dir, `out-${round}`);
+  const at = new Map<string, number>();
   const t1 = performance.now();
   try {
-    const src = await openImageEndpoint(`oci:${layout}:bench`, { access });
-    const dst = await openImageEndpoint(`oci:${out}:bench`, { access, create: true });
-    const r = await convertImage(src, dst, { workDir: join(dir, 'work'), onEvent });
+    const child = spawn(OBD[0] as string, [...OBD.slice(1), 'convert', `oci:${layout}:bench`, `oci:${out}:bench`, '--work-dir', join(dir, 'work'), '--no-db', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    for await (const line of createInterface({ input: child.stdout })) {
+      const e = JSON.parse(line) as ConvertEvent | { type: 'result' };
+      if (e.type !== 'layer' || (e.phase !== 'apply' && e.phase !== 'commit')) continue;
+      const k = `${e.index}:${e.phase}:${e.done ? 'end' : 'start'}`;
+      if (!at.has(k)) at.set(k, performance.now());
+    }
+    const code = await new Promise<number | null>((resolve) => (child.exitCode !== null ? resolve(child.exitCode) : child.once('exit', resolve)));
+    if (code !== 0) throw new Error(`obd convert exited ${code}: ${stderr.slice(-2000)}`);
     const total = performance.now() - t1;
-    const m = JSON.parse(readFileSync(join(out, 'blobs', 'sha256', r.descriptor.digest.slice(7)), 'utf8')) as { layers: Array<{ size: number }> };
-    return { total, ...spent, blobBytes: m.layers.reduce((s, l) => s + l.size, 0) };
+    const span = (i: number, phase: string): number => (at.get(`${i}:${phase}:end`) ?? 0) - (at.get(`${i}:${phase}:start`) ?? 0);
+    const layers = LAYERS.map((_, i) => ({ apply: span(i, 'apply'), commit: span(i, 'commit') }));
+    const index = JSON.parse(readFileSync(join(out, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string }> };
+    const m = JSON.parse(readFileSync(join(out, 'blobs', 'sha256', (index.manifests[0]?.digest ?? '').slice(7)), 'utf8')) as { layers: Array<{ size: number }> };
+    return { total, layers, blobBytes: m.layers.reduce((n, l) => n + l.size, 0) };
   } finally {
-    await access.close();
     rmSync(out, { recursive: true, force: true });
   }
-}
-
-/** The conversion's steps one by one, per layer: where the time goes. */
-async function profile(dir: string, tars: string[]): Promise<Array<Record<string, number>>> {
-  await exec(['sync']);
-  const rows: Array<Record<string, number>> = [];
-  const lowers: string[] = [];
-  const applier = new SubprocessApplier();
-  for (const [i, tar] of tars.entries()) {
-    const ld = join(dir, `profile-${i}`);
-    mkdirSync(ld, { recursive: true });
-    const row: Record<string, number> = {};
-    const time = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
-      const t = performance.now();
-      try {
-        return await fn();
-      } finally {
-        row[name] = performance.now() - t;
-      }
-    };
-    const data = join(ld, 'writable_data');
-    const index = join(ld, 'writable_index');
-    await time('create', async () => (await createWritableLayer({ data, index, virtualSize: i === 0 ? 64 * 2 ** 30 : 0, sparse: true })).close());
-    const cfg: DeviceConfig = {
-      repoBlobUrl: '',
-      lowers: lowers.map((file) => ({ file, dir: '', digest: '', size: 0, targetFile: '', targetDigest: '', gzipIndex: '' })),
-      upper: { data, index, target: '', gzipIndex: '' },
-      resultFile: '',
-      accelerationLayer: false,
-      recordTracePath: '',
-      download: undefined,
-    };
-    applier.prepare(); // as buildLayer does: the apply process starts during the attach
-    const device = await openDevice(cfg);
-    try {
-      const mnt = join(ld, 'mnt');
-      mkdirSync(mnt);
-      const session = await time('attach+mkfs', () => startSession(device, { target: `bench:${mnt}`, runDir: join(dir, 'run'), mountpoint: mnt, writable: true, mkfs: i === 0 }));
-      try {
-        await time('apply', () => applier.apply(createReadStream(tar) as AsyncIterable<Uint8Array>, mnt, { maxFileSize: device.size }));
-      } finally {
-        await time('umount+detach', () => session.stop());
-      }
-      await time('flush', () => device.flush());
-    } finally {
-      await device.close();
-    }
-    const file = join(ld, 'overlaybd.commit');
-    await time('commit', () => commitFile({ data, index }, file, { zfile: { algorithm: 'lz4', blockSize: 4096, verify: true, rewriteHeader: true }, tar: true, overwrite: true, uuid: '' }));
-    row['upper MiB'] = statSync(data).blocks * 512;
-    row['blob MiB'] = statSync(file).size;
-    lowers.push(file);
-    rows.push(row);
-  }
-  await applier.close();
-  return rows;
 }
 
 const dir = mkdtempSync('/var/tmp/obd-bench-convert-');
@@ -268,27 +209,22 @@ try {
   const { layout, tars } = await buildImage(root, dir);
   console.log(`image: ${tars.length} ${COMPRESSION} layers: ${tars.map((t) => `${(statSync(t).size / 2 ** 20).toFixed(1)} MiB`).join(', ')}`);
 
-  const rows: Array<{ round: number; baseline: number; baseExtract: number; total: number; apply: number; commit: number; blob: number }> = [];
+  await ensureBuilt((line) => console.log(`# ${line}`));
+
+  const rows: Array<{ round: number; baseline: number; baseExtract: number; total: number; apply: number; layers: Array<{ apply: number; commit: number }>; blob: number }> = [];
   for (let round = 1; round <= ROUNDS; round++) {
     const b = await baseline(dir, tars);
     const o = await ours(dir, layout, round);
-    rows.push({ round, baseline: b.total, baseExtract: b.extract, total: o.total, apply: o.apply, commit: o.commit, blob: o.blobBytes });
+    rows.push({ round, baseline: b.total, baseExtract: b.extract, total: o.total, apply: o.layers.reduce((n, l) => n + l.apply, 0), layers: o.layers, blob: o.blobBytes });
   }
-  const s = (ms: number): string => (ms / 1000).toFixed(2).padStart(7);
-  // [apply] and [commit] sum the layers' phases as the events report them (a layer's commit
-  // ends when its blob is hashed, which overlaps the next layer's apply).
-  console.log('round  baseline(s) [tar -x]   convert(s) [apply] [commit]   blobs MiB');
-  for (const r of rows) console.log(`${String(r.round).padStart(5)}  ${s(r.baseline)} [${s(r.baseExtract)}]   ${s(r.total)} [${s(r.apply)}] [${s(r.commit)}]   ${(r.blob / 2 ** 20).toFixed(1)}`);
-
-  if (process.argv.includes('--profile') || process.env['OBD_BENCH_PROFILE'] === '1') {
-    const prof = await profile(dir, tars);
-    const cols = Object.keys(prof[0] ?? {});
-    console.log(`profile  ${cols.map((c) => c.padStart(14)).join('')}`);
-    for (const [i, r] of prof.entries()) {
-      console.log(`layer ${i}  ${cols.map((c) => (c.endsWith('MiB') ? ((r[c] ?? 0) / 2 ** 20).toFixed(1) : ((r[c] ?? 0) / 1000).toFixed(2)).padStart(14)).join('')}`);
-    }
+  const s = (ms: number): string => (ms / 1000).toFixed(2).padStart(6);
+  // A layer's apply ends when its blocks are collected; its commit (ending with the blob's
+  // hash) overlaps the next layer's apply.
+  console.log(`round  baseline(s) [tar -x]   convert(s)  ${LAYERS.map((_, i) => `[L${i} apply commit]`).join(' ')}   blobs MiB`);
+  for (const r of rows) {
+    console.log(`${String(r.round).padStart(5)}  ${s(r.baseline)}  [${s(r.baseExtract)}]   ${s(r.total)}     ${r.layers.map((l) => `[${s(l.apply)} ${s(l.commit)}]`).join(' ')}   ${(r.blob / 2 ** 20).toFixed(1)}`);
   }
-  const best = <K extends keyof (typeof rows)[number]>(k: K): number => Math.min(...rows.map((r) => r[k]));
+  const best = <K extends keyof (typeof rows)[number]>(k: K): number => Math.min(...rows.map((r) => r[k] as number));
   // Per round (ours right after its baseline, under the same load), the best round.
   const ratio = (f: (r: (typeof rows)[number]) => number): string => Math.min(...rows.map(f)).toFixed(2);
   console.log(`RESULT convert/total-ratio ${ratio((r) => r.total / r.baseline)}`);

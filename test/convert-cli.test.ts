@@ -27,7 +27,7 @@ describe('obd convert (flags) and obd apply', () => {
     const src = await writeTestImage(join(h.dir, 'big'), { tag: 'big', layers: [{ tar: big, compression: 'gzip' }] });
     const target = join(h.dir, 'big-out');
     const bin = join(REPO_ROOT, 'src', 'cli', 'bin', 'obd.ts');
-    const child = spawn(process.execPath, ['--import', 'tsx', bin, 'convert', src, `oci:${target}:x`, '--work-dir', h.work, '--no-db', '--json', '--run-dir', h.runDir], {
+    const child = spawn(process.execPath, ['--import', 'tsx', bin, 'convert', src, `oci:${target}:x`, '--work-dir', h.work, '--no-db', '--json'], {
       cwd: REPO_ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -55,7 +55,7 @@ describe('obd convert (flags) and obd apply', () => {
 
   test("upstream's -r/-i/-o form, --no-upload, --dump-manifest and --json events", { timeout: 120_000 }, async () => {
     const work2 = join(h.dir, 'work2');
-    const out = await h.obd('convert', '-r', `oci:${HELLO}`, '-i', 'amd64', '-o', 'obd', '--no-upload', '--dump-manifest', '-d', work2, '--no-db', '--json', '--run-dir', h.runDir);
+    const out = await h.obd('convert', '-r', `oci:${HELLO}`, '-i', 'amd64', '-o', 'obd', '--no-upload', '--dump-manifest', '-d', work2, '--no-db', '--json');
     const events = out.trim().split('\n').map((l) => JSON.parse(l) as { type: string; phase?: string; done?: boolean; target?: string; digest?: string; kind?: string });
     const result = events.find((e) => e.type === 'result');
     assert.equal(result?.target, `oci:${join(work2, 'output')}:obd`);
@@ -74,7 +74,7 @@ describe('obd convert (flags) and obd apply', () => {
 
   test('progress: per-layer lines with bars, bytes and rates on a terminal; quiet when not a terminal', { timeout: 120_000 }, async () => {
     const bin = join(REPO_ROOT, 'src', 'cli', 'bin', 'obd.ts');
-    const args = (out: string): string[] => ['convert', `oci:${HELLO}:amd64`, `oci:${join(h.dir, out)}:x`, '--work-dir', h.work, '--no-db', '--run-dir', h.runDir];
+    const args = (out: string): string[] => ['convert', `oci:${HELLO}:amd64`, `oci:${join(h.dir, out)}:x`, '--work-dir', h.work, '--no-db'];
     // A terminal: util-linux script(1) gives the command a pseudo-terminal.
     const command = [process.execPath, '--import', 'tsx', bin, ...args('progress-tty')].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ');
     const tty = spawnSync('script', ['-q', '-e', '-c', command, '/dev/null'], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 90_000, env: { ...process.env, COLUMNS: '120' } });

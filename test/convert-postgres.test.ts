@@ -36,7 +36,7 @@ let sampleRef = '';
 /** `obd convert` in its own process (another "machine": its own work directory). */
 async function convertElsewhere(machine: string, src: string, dst: string): Promise<ConvertResultLine> {
   const bin = join(REPO_ROOT, 'src', 'cli', 'bin', 'obd.ts');
-  const args = ['convert', src, dst, '--work-dir', join(h.dir, `work-${machine}`), '--db-str', (pgsql as TestPostgres).connectionString, '--plain-http', (reg as TestRegistry).host, '--run-dir', join(h.dir, `run-${machine}`), '--json'];
+  const args = ['convert', src, dst, '--work-dir', join(h.dir, `work-${machine}`), '--db-str', (pgsql as TestPostgres).connectionString, '--plain-http', (reg as TestRegistry).host, '--json'];
   const child = spawn(process.execPath, ['--import', 'tsx', bin, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';

@@ -254,7 +254,7 @@ describe('obd convert', () => {
         ],
       });
       const target = join(h.dir, `bad-out-${name}`);
-      const r = await h.obdFails(['convert', src, `oci:${target}:x`, '--work-dir', h.work, '--no-db', '--run-dir', h.runDir]);
+      const r = await h.obdFails(['convert', src, `oci:${target}:x`, '--work-dir', h.work, '--no-db']);
       assert.match(r.stderr, re, name);
       assert.deepEqual(layoutContent(target), { manifests: 0, blobs: [] }, `${name}: nothing pushed`);
       h.assertNothingLeft();
@@ -270,7 +270,7 @@ describe('obd convert', () => {
     rmSync(layerBlob);
     writeFileSync(layerBlob, bytes);
     const target = join(h.dir, 'bad-out-digest');
-    const r = await h.obdFails(['convert', src, `oci:${target}:x`, '--work-dir', h.work, '--no-db', '--run-dir', h.runDir]);
+    const r = await h.obdFails(['convert', src, `oci:${target}:x`, '--work-dir', h.work, '--no-db']);
     assert.match(r.stderr, /Cannot convert layer 0 \(sha256:[0-9a-f]{64}\): .*(hashing to|corrupt or truncated)/);
     assert.deepEqual(layoutContent(target), { manifests: 0, blobs: [] });
     h.assertNothingLeft();

@@ -141,7 +141,7 @@ before(async () => {
   reg = await startRegistry({ auth: 'none' });
   const image = await buildImage();
   await obd('push', image, `${reg.host}/obd/busybox:plain`, '--plain-http', reg.host);
-  await obd('convert', image, `${reg.host}/obd/busybox:obd`, '--plain-http', reg.host, '--work-dir', join(env.dir, 'work'), '--no-db', '--run-dir', env.runDir);
+  await obd('convert', image, `${reg.host}/obd/busybox:obd`, '--plain-http', reg.host, '--work-dir', join(env.dir, 'work'), '--no-db');
   await rm(join(env.dir, 'work'), { recursive: true, force: true });
   const m = await manifestOf('obd/busybox:obd');
   layerCount = m.layers.length;

@@ -66,6 +66,11 @@ export async function mountFs(dev: string, dir: string, options: { spec: FsSpec;
   await runCommand(['mount', '-t', options.spec.fstype, '-o', opts.join(','), dev, dir], { what: `mount ${dev} on ${dir}` });
 }
 
+/** Switches the file system mounted on `dir` to read-write or read-only (which writes it back and marks it clean). */
+export async function remountFs(dir: string, options: { writable: boolean }): Promise<void> {
+  await runCommand(['mount', '-o', `remount,${options.writable ? 'rw' : 'ro'}`, dir], { what: `remount ${dir} ${options.writable ? 'read-write' : 'read-only'}` });
+}
+
 export async function umountFs(dir: string): Promise<void> {
   await runCommand(['umount', dir], { what: `unmount ${dir}` });
 }

@@ -1,9 +1,12 @@
-/** Loop devices over a file (`losetup --direct-io=on`), the block device of a FUSE-served image. */
+/**
+ * Loop devices over a file: `losetup --direct-io=on` for the block device of a
+ * FUSE-served image (no second page cache), buffered for a plain disk image file.
+ */
 import { readFile } from 'node:fs/promises';
 import { runCommand } from './run-command.ts';
 
-export async function attachLoop(file: string, options: { readOnly: boolean }): Promise<string> {
-  const args = ['losetup', '-f', '--show', '--direct-io=on', ...(options.readOnly ? ['-r'] : []), file];
+export async function attachLoop(file: string, options: { readOnly: boolean; directIo?: boolean }): Promise<string> {
+  const args = ['losetup', '-f', '--show', ...(options.directIo === false ? [] : ['--direct-io=on']), ...(options.readOnly ? ['-r'] : []), file];
   const { stdout } = await runCommand(args, { what: `attach a loop device to ${file}` });
   return stdout.trim();
 }

@@ -7,11 +7,11 @@
  *
  * - the layer blob is streamed (from a registry it is first downloaded, several layers
  *   ahead, each digest-verified), decompressed by magic and applied onto the file system
- *   of a device whose lowers are the layers converted so far and whose upper is a fresh
- *   sparse writable layer (the bottom one made with mkfs, default 64 GiB), see
- *   `build-layer.ts`; the uncompressed stream must hash to the config's diff_id;
- * - the upper is committed as a tar-wrapped ZFile (lz4 by default) stamped with the
- *   chain-ID UUID and its parent's;
+ *   of one disk image for the whole manifest (made with mkfs, default 64 GiB, or from the
+ *   layers reused from the cache); the uncompressed stream must hash to the config's
+ *   diff_id; the blocks the apply changed become the layer (`raw-image-builder.ts`);
+ * - they are committed as a tar-wrapped ZFile (lz4 by default) stamped with the
+ *   chain-ID UUID and its parent's, while the next layer applies;
  * - layer descriptors carry `blob-digest`, `blob-size` and `version 0.1.0` (and
  *   `blob-fs-type` for a file system other than ext4); the config gets the new
  *   `diff_ids` (Go-compatible JSON, `image-json.ts`); docker or OCI media types per `oci`.
@@ -48,13 +48,13 @@ import { openImageEndpoint, type ImageEndpoint } from '../image/image-endpoint.t
 import { isOciLayoutRef, parseOciLayoutRef } from '../image/oci-layout.ts';
 import { parseRepoBlobUrl, type RemoteAccess } from '../image/remote-access.ts';
 import { OVERLAYBD_VERSION } from '../image/write-image.ts';
-import { buildLayer } from './build-layer.ts';
+import { RawImageBuilder, type RawBuiltLayer } from './raw-image-builder.ts';
 import { DEFAULT_BASE_LAYER, wrapBaseLayer } from './base-layer.ts';
 import { chainIds, layerUuid } from './chain-id.ts';
 import type { BlobLocation, CachedLayer, ConversionCache } from './conversion-cache.ts';
 import { configDiffIds, convertImageConfig, marshalIndex, marshalManifest } from './image-json.ts';
-import type { ApplyStats, LayerApplier } from './layer-applier.ts';
-import { SubprocessApplier } from './subprocess-applier.ts';
+import type { LayerApplier } from './layer-applier.ts';
+import { DirectoryApplier } from './directory-applier.ts';
 import { Semaphore } from './_semaphore.ts';
 import { removeWorkDir } from './_remove-work-dir.ts';
 
@@ -82,8 +82,6 @@ const events = channel(CONVERT_CHANNEL);
 export interface ConvertImageOptions {
   /** Work files: per-manifest directories, downloads, dumps. */
   workDir: string;
-  /** Attach session records (default `<workDir>/run`). */
-  runDir?: string;
   /** `fstype[;mountopts[;mkfsopts]]` (default `ext4` with upstream's mkfs options). */
   fsType?: string;
   /** Virtual device size in GiB (default 64). */
@@ -108,10 +106,8 @@ export interface ConvertImageOptions {
   tag?: string;
   /** Write `manifest.json`, `config.json` (and `index.json`) under `<workDir>/dump`. */
   dumpManifest?: boolean;
-  /** Keep per-manifest work directories. */
+  /** Keep per-manifest work directories (the layers' `overlaybd.commit` files). */
   reserve?: boolean;
-  /** Append-mode writable layers instead of sparse ones. */
-  disableSparse?: boolean;
   cache?: ConversionCache;
   /** Registry access for cache hits stored elsewhere (copy, cross-repository mount). */
   access?: RemoteAccess;
@@ -233,7 +229,6 @@ class Conversion {
   readonly #sem: Semaphore;
   readonly #applier: LayerApplier;
   readonly #workDir: string;
-  readonly #runDir: string;
   readonly #recipe: string;
   readonly #dstLocation: BlobLocation;
   readonly #workDirs: string[] = [];
@@ -256,10 +251,9 @@ class Conversion {
     this.#dst = dst;
     this.#o = o;
     this.#sem = new Semaphore(o.concurrency ?? 4);
-    this.#applier = o.applier ?? new SubprocessApplier();
+    this.#applier = o.applier ?? new DirectoryApplier();
     this.#workDir = resolve(o.workDir);
-    this.#runDir = resolve(o.runDir ?? join(o.workDir, 'run'));
-    this.#recipe = `fs=${this.#fsType};mkfs=${o.mkfs === false ? 0 : 1};vsize=${this.#vsizeGb};${o.algorithm ?? 'lz4'};bs=${o.blockSize ?? 4096};sparse=${o.disableSparse === true ? 0 : 1}`;
+    this.#recipe = `fs=${this.#fsType};mkfs=${o.mkfs === false ? 0 : 1};vsize=${this.#vsizeGb};${o.algorithm ?? 'lz4'};bs=${o.blockSize ?? 4096}`;
     this.#dstLocation = endpointLocation(dst);
   }
 
@@ -435,9 +429,18 @@ class Conversion {
         lowers.push(l.file);
       }
       const downloads = this.#startDownloads(layers, { first, dirOf, platform });
-      // A committed blob is hashed while the next layer is built (nothing there needs its digest).
+      // A layer is committed (and its blob hashed) while the next one is applied.
       const built: Array<{ i: number; file: string; digested: Promise<{ digest: string; size: number }> }> = [];
+      let builder: RawImageBuilder | undefined;
       try {
+        builder = await RawImageBuilder.open({
+          dir: join(w, 'disk'),
+          lowers,
+          virtualSize: this.#vsizeGb * 2 ** 30,
+          mkfs: first === 0 && this.#o.mkfs !== false,
+          fsType: this.#fsType,
+          applier: this.#applier,
+        });
         for (let i = first; i < layers.length; i++) {
           this.#check();
           const source = await (downloads[i] as () => Promise<AsyncIterable<Uint8Array>>)();
@@ -445,25 +448,33 @@ class Conversion {
           const layer = layers[i] as Descriptor;
           const context = `Cannot convert layer ${i} (${layer.digest})${platform ? ` of ${platform}` : ''}`;
           const expect = { blobDigest: layer.digest, blobSize: layer.size, diffId: diffIds[i] as string, what: context };
-          const stats = await this.#build(source, { i, count, platform, dir: dirOf(i), lowers, chain, expect }).catch((e: unknown) => {
+          const { committed } = await this.#build(builder, source, { i, count, platform, dir: dirOf(i), chain, expect }).catch((e: unknown) => {
             throw withContext(e, context);
           });
-          const digested = fileDigest(stats.file).then((d) => {
-            this.#emit({ type: 'layer', platform, index: i, count, phase: 'commit', bytes: d.size, done: true });
-            return d;
-          });
+          const digested = committed.then(fileDigest).then(
+            (d) => {
+              this.#emit({ type: 'layer', platform, index: i, count, phase: 'commit', bytes: d.size, done: true });
+              return d;
+            },
+            (e: unknown) => {
+              throw withContext(e, context);
+            },
+          );
           digested.catch(() => {});
-          built.push({ i, file: stats.file, digested });
-          lowers.push(stats.file);
+          built.push({ i, file: join(dirOf(i), 'overlaybd.commit'), digested });
           this.result.layersConverted++;
         }
+        const closed = builder.close(); // the disk goes while the last layer commits
+        closed.catch(() => {});
         for (const b of built) {
           const { digest, size } = await b.digested;
           out.push({ desc: this.#layerDescriptor(digest, size), chainId: chain[b.i] as string, parentDigest, file: b.file });
           parentDigest = digest;
         }
+        await closed;
       } finally {
         await Promise.allSettled(built.map((b) => b.digested));
+        await builder?.close();
         await downloads.cancel();
       }
     }
@@ -485,25 +496,18 @@ class Conversion {
   }
 
   async #build(
+    builder: RawImageBuilder,
     source: AsyncIterable<Uint8Array>,
-    at: { i: number; count: number; platform: string; dir: string; lowers: string[]; chain: string[]; expect: { blobDigest: string; blobSize: number; diffId: string; what: string } },
-  ): Promise<{ file: string; stats: ApplyStats }> {
+    at: { i: number; count: number; platform: string; dir: string; chain: string[]; expect: { blobDigest: string; blobSize: number; diffId: string; what: string } },
+  ): Promise<RawBuiltLayer> {
     const { i, count, platform } = at;
     this.#emit({ type: 'layer', platform, index: i, count, phase: 'apply', bytes: 0, done: false });
     let applied = 0;
-    const built = await buildLayer(source, {
+    return builder.build(source, {
       dir: at.dir,
-      lowers: at.lowers,
-      virtualSize: this.#vsizeGb * 2 ** 30,
-      mkfs: i === 0 && this.#o.mkfs !== false,
-      fsType: this.#fsType,
       uuid: layerUuid(at.chain[i] as string),
       parentUuid: i > 0 ? layerUuid(at.chain[i - 1] as string) : undefined,
       zfile: { algorithm: this.#o.algorithm ?? 'lz4', blockSize: this.#o.blockSize ?? 4096 },
-      runDir: this.#runDir,
-      applier: this.#applier,
-      ...(this.#o.disableSparse === true ? { disableSparse: true } : {}),
-      keepWritable: this.#o.reserve === true,
       expect: at.expect,
       applyOptions: {
         onProgress: (p) => {
@@ -518,7 +522,6 @@ class Conversion {
         this.#emit({ type: 'layer', platform, index: i, count, phase: 'commit', bytes: 0, done: false });
       },
     });
-    return built;
   }
 
   /**
@@ -614,19 +617,19 @@ class Conversion {
       for (const child of node.children) await this.#push(child, undefined);
     } else {
       for (const [i, l] of node.layers.entries()) await this.#pushLayer(l, { index: i, count: node.layers.length });
-      await this.#pushBlob(node.config.desc, 'config', async () => Readable.from([node.config.bytes]));
+      await this.#pushBlob(node.config.desc, 'config', () => this.#dst.putBlob(node.config.desc, Readable.from([node.config.bytes])));
     }
     await this.#dst.putManifest(node.desc, node.bytes, tag);
     this.#emit({ type: 'pushed', kind: node.kind, digest: node.desc.digest, size: node.desc.size, how: 'uploaded' });
   }
 
-  async #pushBlob(desc: Descriptor, kind: 'layer' | 'config', open: () => Promise<AsyncIterable<Uint8Array>>): Promise<'present' | 'uploaded'> {
+  async #pushBlob(desc: Descriptor, kind: 'layer' | 'config', store: () => Promise<void>): Promise<'present' | 'uploaded'> {
     if (await this.#dst.hasBlob(desc)) {
       this.result.blobsPresent++;
       this.#emit({ type: 'pushed', kind, digest: desc.digest, size: desc.size, how: 'present' });
       return 'present';
     }
-    await this.#dst.putBlob(desc, await open());
+    await store();
     this.result.blobsUploaded++;
     this.result.bytesUploaded += desc.size;
     this.#emit({ type: 'pushed', kind, digest: desc.digest, size: desc.size, how: 'uploaded' });
@@ -639,8 +642,10 @@ class Conversion {
     if (l.file !== undefined || row === undefined || this.#isDst(row)) {
       const file = l.file;
       await this.#pushBlob(l.desc, 'layer', async () => {
-        if (file !== undefined) return verified(createReadStream(file) as AsyncIterable<Uint8Array>, l.desc, progress);
-        return verified(await (await this.#endpointFor(row as CachedLayer)).blobStream(l.desc), l.desc, progress);
+        // A blob built or fetched here was hashed from this very file: a layout links it.
+        if (file !== undefined && this.#dst.putBlobFile !== undefined) return this.#dst.putBlobFile(l.desc, file);
+        if (file !== undefined) return this.#dst.putBlob(l.desc, verified(createReadStream(file) as AsyncIterable<Uint8Array>, l.desc, progress));
+        return this.#dst.putBlob(l.desc, verified(await (await this.#endpointFor(row as CachedLayer)).blobStream(l.desc), l.desc, progress));
       });
     } else if (await this.#dst.hasBlob(l.desc)) {
       this.result.blobsPresent++;

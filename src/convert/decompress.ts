@@ -13,13 +13,18 @@
 import { spawn } from 'node:child_process';
 import { Readable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createGunzip } from 'node:zlib';
+import { createGunzip, type ZlibOptions } from 'node:zlib';
 import { DataCorruptionError, FailedPreconditionError } from '../io/errors.ts';
 
 export type Compression = 'gzip' | 'zstd' | 'none';
 
-/** Output chunk size of the gzip decoder (fewer, larger writes downstream). */
-const GUNZIP_CHUNK = 256 * 1024;
+/**
+ * The gzip decoder: 256 KiB output chunks (fewer, larger writes downstream) and 8 MiB
+ * buffered ahead, so inflating (on the thread pool) runs while the consumer writes
+ * files instead of taking turns with it (the apply of bench/convert's image: 3.1 → 2.2 s).
+ * `highWaterMark` reaches the stream (Transform option) though `ZlibOptions` omits it.
+ */
+const GUNZIP_OPTIONS: ZlibOptions & { highWaterMark: number } = { chunkSize: 256 * 1024, highWaterMark: 8 << 20 };
 
 /** The compression of a stream from its first bytes (at least 4 unless the stream is shorter). */
 export function detectCompression(head: Uint8Array): Compression {
@@ -110,7 +115,7 @@ export async function* decompress(source: AsyncIterable<Uint8Array>, onDetect?: 
   const kind = detectCompression(first);
   onDetect?.(kind);
   const all = rejoin(head, it);
-  if (kind === 'gzip') yield* through(all, createGunzip({ chunkSize: GUNZIP_CHUNK }), gzipError);
+  if (kind === 'gzip') yield* through(all, createGunzip(GUNZIP_OPTIONS), gzipError);
   else if (kind === 'zstd') yield* zstdDecode(all);
   else yield* all;
 }

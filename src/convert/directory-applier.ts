@@ -25,8 +25,8 @@
  * pool each costs a round trip and a promise, which made the apply 4-8x slower than
  * `tar -x` (measured on the bench image). The price: each call blocks the calling
  * thread, so never run this in the process that serves the target's block device (the
- * FUSE server would wait on itself) — the convertor runs it in a child process
- * (`SubprocessApplier`).
+ * FUSE server would wait on itself): `obd apply` runs it in a child process
+ * (`SubprocessApplier`); the convertor, whose disk is a plain loop device, in process.
  *
  * @example
  * ```ts

@@ -4,10 +4,9 @@
  * A `LayerApplier` takes an OCI layer blob (a tar, gzip- or zstd-compressed or plain,
  * detected by magic) and replays it onto the tree under `rootDir`, with OCI whiteout
  * semantics (erofs-and-fs.md §2). Today's implementations write through the kernel:
- * `DirectoryApplier` in-process onto any directory, `SubprocessApplier` the same in a
- * child process (the convertor's choice: the FUSE server that backs the mounted file
- * system runs in the convertor process and must never wait on its own file-system
- * writes). A userspace ext4 writer can replace them behind this interface.
+ * `DirectoryApplier` in-process onto any directory (the convertor's), `SubprocessApplier`
+ * the same in a child process (`obd apply`'s: the FUSE server that backs the mounted
+ * file system runs in that process and must never wait on its own file-system writes). A userspace ext4 writer can replace them behind this interface.
  */
 import type { Compression } from './decompress.ts';
 

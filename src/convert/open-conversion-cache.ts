@@ -2,7 +2,8 @@
  * Picks the conversion cache backend from the convertor's options: PostgreSQL when a
  * connection string is given (`--db-str`, with `--db-type postgres` or a
  * `postgres://`/`postgresql://` URL), else the embedded SQLite file. Upstream's
- * `--db-type mysql` is refused: MySQL is not implemented.
+ * `--db-type mysql` is refused: MySQL is not implemented. Each backend (and its driver)
+ * is loaded only when picked.
  *
  * @example
  * ```ts
@@ -12,8 +13,6 @@
  */
 import { InvalidArgumentError, UnsupportedError } from '../io/errors.ts';
 import type { ConversionCache } from './conversion-cache.ts';
-import { PostgresConversionCache } from './postgres-conversion-cache.ts';
-import { SqliteConversionCache } from './sqlite-conversion-cache.ts';
 
 export interface OpenConversionCacheOptions {
   /** `--db-type`: `postgres`/`postgresql`/`pg`, `sqlite`, or empty (inferred). */
@@ -32,10 +31,12 @@ export async function openConversionCache(options: OpenConversionCacheOptions): 
   const postgres = type === 'postgres' || type === 'postgresql' || type === 'pg' || (type === '' && /^postgres(ql)?:\/\//.test(str));
   if (postgres) {
     if (str === '') throw new InvalidArgumentError(`Cannot open the conversion cache: --db-type ${type} needs --db-str`);
+    const { PostgresConversionCache } = await import('./postgres-conversion-cache.ts');
     return PostgresConversionCache.connect(str);
   }
   if (type !== '' && type !== 'sqlite') throw new InvalidArgumentError(`Invalid --db-type ${type}: expected postgres or sqlite`);
   const path = str !== '' ? str : options.sqlitePath;
   if (path === undefined) throw new InvalidArgumentError('Cannot open the conversion cache: no SQLite file and no --db-str given');
+  const { SqliteConversionCache } = await import('./sqlite-conversion-cache.ts');
   return SqliteConversionCache.open(path);
 }

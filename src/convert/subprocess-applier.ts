@@ -209,7 +209,11 @@ export class SubprocessApplier implements LayerApplier {
         setRef(running, false);
         this.#spare = running;
       } else if (running.exitCode === null && running.signalCode === null) {
+        // Gone before the caller hears of the failure (no process outlives its layer).
+        const exited = new Promise<void>((resolve) => running.once('exit', () => resolve()));
+        setRef(running, true);
         running.kill('SIGKILL');
+        await exited;
       }
     }
   }

@@ -5,7 +5,7 @@
  * atomically.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, stat, writeFile, copyFile, rm } from 'node:fs/promises';
+import { mkdir, readFile, rename, stat, writeFile, copyFile, link, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openFileReader, type FileReader } from '../io/file-reader.ts';
 import { DataCorruptionError, InvalidArgumentError, NotFoundError } from '../io/errors.ts';
@@ -145,6 +145,23 @@ export class OciLayout {
     if (await this.hasBlob(digest)) return;
     const tmp = `${this.blobPath(digest)}.${randomBytes(4).toString('hex')}.tmp`;
     await copyFile(path, tmp);
+    await rename(tmp, this.blobPath(digest));
+  }
+
+  /**
+   * As {@link OciLayout.importBlobFile}, but hard-links the file when it lies on the same
+   * file system (no copy; the file must not change afterwards), else copies it.
+   */
+  async linkBlobFile(path: string, digest: string): Promise<void> {
+    if (await this.hasBlob(digest)) return;
+    const tmp = `${this.blobPath(digest)}.${randomBytes(4).toString('hex')}.tmp`;
+    try {
+      await link(path, tmp);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'EXDEV' && code !== 'EPERM' && code !== 'ENOTSUP') throw e;
+      await copyFile(path, tmp);
+    }
     await rename(tmp, this.blobPath(digest));
   }
 

@@ -72,7 +72,7 @@ export function createConvertHarness(prefix: string): ConvertHarness {
       return { code, stderr: io.stderr };
     },
     async convert(...args) {
-      const out = await obd('convert', ...args, '--run-dir', runDir, '--json');
+      const out = await obd('convert', ...args, '--json');
       const lines = out.trim().split('\n').map((l) => JSON.parse(l) as { type: string });
       return lines.find((l) => l.type === 'result') as unknown as ConvertResultLine;
     },

@@ -10,7 +10,7 @@ import type { Command } from '../command.ts';
 import { parse, flag, str } from '../args.ts';
 import { DataCorruptionError, FailedPreconditionError } from '../../io/errors.ts';
 import { readDeviceConfig } from '../../image/device-config.ts';
-import { applyOnDevice } from '../../convert/build-layer.ts';
+import { applyOnDevice } from '../../convert/apply-on-device.ts';
 import { SubprocessApplier } from '../../convert/subprocess-applier.ts';
 import { DEFAULT_RUN_DIR } from '../../attach/session.ts';
 

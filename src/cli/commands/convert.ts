@@ -1,6 +1,8 @@
 /**
  * `obd convert SRC DST`: an OCI image (registry or `oci:DIR:TAG`) to an overlaybd image,
  * with upstream convertor's flags and its `-r REPO -i TAG -o TAG` form.
+ * `--disable-sparse` is accepted and changes nothing: it picks the format of upstream's
+ * temporary writable layers, which this convertor does not use (raw-image-builder.ts).
  */
 import { join, resolve } from 'node:path';
 import type { Command } from '../command.ts';
@@ -45,8 +47,7 @@ const OPTIONS = {
   dir: { type: 'string', short: 'd' },
   reserve: { type: 'boolean' },
   json: { type: 'boolean' },
-  'disable-sparse': { type: 'boolean' },
-  'run-dir': { type: 'string' },
+  'disable-sparse': { type: 'boolean' }, // accepted, no effect (see the module comment)
   repository: { type: 'string', short: 'r' },
   'input-tag': { type: 'string', short: 'i' },
   'input-digest': { type: 'string', short: 'g' },
@@ -150,7 +151,6 @@ export const convertCommand: Command = {
       }
       const dst = await openImageEndpoint(dstRef, { access, plainHttp, create: true });
       const t0 = performance.now();
-      const runDir = str(p, 'run-dir');
       // Ctrl-C / SIGTERM: stop the running apply, tear the device down, push nothing.
       const interrupt = new AbortController();
       const stop = (): void => interrupt.abort();
@@ -159,7 +159,6 @@ export const convertCommand: Command = {
       const r = await convertImage(src, dst, {
         signal: interrupt.signal,
         workDir,
-        ...(runDir !== undefined ? { runDir } : {}),
         fsType: str(p, 'fstype') ?? 'ext4',
         vsizeGb: vsize,
         mkfs: !flag(p, 'no-mkfs'),
@@ -170,7 +169,6 @@ export const convertCommand: Command = {
         concurrency,
         dumpManifest: flag(p, 'dump-manifest'),
         reserve: flag(p, 'reserve'),
-        disableSparse: flag(p, 'disable-sparse'),
         ...(cache !== undefined ? { cache } : {}),
         access,
         onEvent: progressPrinter(io, flag(p, 'json')),

@@ -289,8 +289,8 @@ function* planChunks(segments: readonly Segment[]): Generator<Chunk> {
   if (chunk.size > 0) yield chunk;
 }
 
-async function readChunk(chunk: Chunk, sources: readonly BlobReader[]): Promise<Uint8Array> {
-  const buf = new Uint8Array(chunk.size);
+async function readChunk(chunk: Chunk, sources: readonly BlobReader[], into: Uint8Array): Promise<Uint8Array> {
+  const buf = into.subarray(0, chunk.size);
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < chunk.runs.length) {
@@ -303,13 +303,18 @@ async function readChunk(chunk: Chunk, sources: readonly BlobReader[]): Promise<
   return buf;
 }
 
-/** Copies the data of every data segment, in order, reading one chunk ahead. */
+/**
+ * Copies the data of every data segment, in order, reading one chunk ahead into the
+ * other of two buffers (a buffer is reused once the sink has taken its chunk).
+ */
 async function copyData(input: CommitInput, sink: ByteSink): Promise<void> {
   const plan = planChunks(input.segments);
+  const buffers = [new Uint8Array(CHUNK_BYTES), new Uint8Array(CHUNK_BYTES)];
+  let turn = 0;
   const start = (): Promise<Uint8Array> | undefined => {
     const r = plan.next();
     if (r.done === true) return undefined;
-    const p = readChunk(r.value, input.sources);
+    const p = readChunk(r.value, input.sources, buffers[turn++ % 2] as Uint8Array);
     p.catch(() => {}); // awaited below; avoids an unhandled rejection while the sink writes
     return p;
   };
