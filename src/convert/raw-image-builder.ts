@@ -147,7 +147,14 @@ export function unionExtents(a: readonly Extent[], b: readonly Extent[], size: n
  * Returns the changed byte ranges (whole blocks, in order, adjacent ones merged).
  */
 export async function diffInto(disk: FileHandle, shadow: FileHandle, size: number): Promise<Extent[]> {
-  const ranges = unionExtents(await seekDataExtents(disk, 0, size), await seekDataExtents(shadow, 0, size), size);
+  const shadowData = await seekDataExtents(shadow, 0, size);
+  const ranges = unionExtents(await seekDataExtents(disk, 0, size), shadowData, size);
+  // Whether the shadow holds data in [at, at+n) (asked with increasing `at`): else it reads zeros, unread.
+  let si = 0;
+  const shadowHasData = (at: number, n: number): boolean => {
+    while (si < shadowData.length && (shadowData[si] as Extent)[1] <= at) si++;
+    return si < shadowData.length && (shadowData[si] as Extent)[0] < at + n;
+  };
   const a = Buffer.allocUnsafe(CHUNK);
   const b = Buffer.allocUnsafe(CHUNK);
   const changed: Array<[number, number]> = [];
@@ -160,7 +167,12 @@ export async function diffInto(disk: FileHandle, shadow: FileHandle, size: numbe
   for (const [start, end] of ranges) {
     for (let at = start; at < end; at += CHUNK) {
       const n = Math.min(CHUNK, end - at);
-      await Promise.all([readFull(disk, a.subarray(0, n), at), readFull(shadow, b.subarray(0, n), at)]);
+      if (shadowHasData(at, n)) {
+        await Promise.all([readFull(disk, a.subarray(0, n), at), readFull(shadow, b.subarray(0, n), at)]);
+      } else {
+        b.fill(0, 0, n);
+        await readFull(disk, a.subarray(0, n), at);
+      }
       if (a.compare(b, 0, n, 0, n) === 0) continue;
       let run = -1;
       for (let k = 0; k < n; k += BLOCK) {
