@@ -37,7 +37,7 @@ function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? process.argv[i + 1] : undefined;
 }
-const ROUNDS = Number(arg('rounds') ?? 2);
+const ROUNDS = Number(arg('rounds') ?? 3);
 const COMPRESSION = (arg('compression') ?? 'gzip') as 'gzip' | 'none';
 const CACHE_DIR = process.env['OBD_BENCH_CACHE'] ?? '/var/tmp/obd-bench-cache';
 const ROOTFS = {
