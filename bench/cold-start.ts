@@ -24,8 +24,11 @@
  *   (b) is `obd rpull REF:obd-accel` + run, what a user of an accelerated image does; with
  *   OBD_BENCH_ACCEL=label it is `obd rpull REF:obd` + run with the labels
  *   `…/record-trace=yes`, `…/record-trace-path=<a copy of the trace>`, the snapshotter's
- *   other replay trigger (snapshotter.md §11.2). Either way the device is attached at
- *   the container's Prepare, replays the trace in the background and reads on demand;
+ *   other replay trigger (snapshotter.md §11.2). With the acceleration layer the
+ *   snapshotter attaches the device when rpull commits that layer (`attachOnPull`,
+ *   src/snapshotter/README.md), so the replay overlaps the rest of rpull and the start of
+ *   `ctr run`; with the labels it is attached at the container's Prepare. Either way the
+ *   device replays the trace in the background and reads on demand;
  * - (c) (b) again: the image is present, the device attached, its data cached;
  * - (p) for comparison, (b) with the plain overlaybd image `REF:obd`, in a fresh
  *   containerd + snapshotter (empty caches).
@@ -44,22 +47,20 @@
  * and (first run) the Debian mirror.
  * Run: `npm run bench -- cold-start` (or `node --import tsx bench/cold-start.ts`).
  */
-import { execFile, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, writeFileSync } from 'node:fs';
 import { setPriority } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { startRegistry, type TestRegistry } from '../test/support/registry.ts';
 import { FaultProxy } from '../test/fakes/fault-proxy.ts';
 import { ConnectDelay } from './support/connect-delay.ts';
 import { RequestTimeline } from './support/request-timeline.ts';
 import { ContainerdEnv, sh } from './support/containerd-env.ts';
+import { ensureBuilt, OBD, REPO_ROOT } from './support/dist-cli.ts';
 import { benchImages, type LayerSpec, type RootfsSpec } from './support/bench-image.ts';
 import { accelImage } from './support/accel-image.ts';
 
-const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const CACHE_DIR = process.env['OBD_BENCH_CACHE'] ?? '/var/tmp/obd-bench-cache';
-const OBD = [process.execPath, join(REPO_ROOT, 'dist/src/cli/bin/obd.js')];
 const NS = 'obdbench';
 const RTT_MS = 10;
 const BANDWIDTH = 200e6 / 8;
@@ -89,30 +90,6 @@ function preflight(): void {
   if (!existsSync('/dev/fuse')) throw new Error('Cannot run cold-start: needs /dev/fuse');
 }
 
-function newestMtime(dir: string): number {
-  let t = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    t = Math.max(t, e.isDirectory() ? newestMtime(p) : e.name.endsWith('.test.ts') ? 0 : statSync(p).mtimeMs);
-  }
-  return t;
-}
-
-/** `npm run build` when dist is missing or older than src. */
-async function ensureBuilt(): Promise<void> {
-  const bin = OBD[1] as string;
-  if (existsSync(bin) && statSync(bin).mtimeMs >= newestMtime(join(REPO_ROOT, 'src'))) return;
-  log('dist is stale: building (tsc -p tsconfig.build.json)');
-  await new Promise<void>((resolve) => {
-    execFile('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, timeout: 600_000 }, (err, stdout) => {
-      // tsc emits even with type errors elsewhere; a missing binary fails below.
-      if (err) log(`tsc reported errors (output emitted anyway): ${stdout.split('\n').slice(0, 5).join(' | ')}`);
-      resolve();
-    });
-  });
-  if (!existsSync(bin)) throw new Error(`Cannot run cold-start: ${bin} was not built`);
-}
-
 function dropCaches(): void {
   spawnSync('sync', [], { timeout: 60_000 });
   writeFileSync('/proc/sys/vm/drop_caches', '3');
@@ -130,7 +107,7 @@ async function main(): Promise<void> {
   preflight();
   // Everything the bench starts inherits this: other jobs on the machine disturb it less.
   setPriority(-10);
-  await ensureBuilt();
+  await ensureBuilt(log);
   const images = await benchImages({ cacheDir: CACHE_DIR, repoRoot: REPO_ROOT, rootfs: ROOTFS, layers: LAYERS, obd: OBD, log });
   const mb = (n: number): string => `${(n / 1e6).toFixed(1)} MB`;
   log(`image: rootfs ${mb(images.rootfsBytes)}, OCI layers ${mb(images.ociLayerBytes)} (gzip), overlaybd layers ${mb(images.obdLayerBytes)}`);

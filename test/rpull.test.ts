@@ -29,6 +29,10 @@ import { startRegistry, type TestRegistry } from './support/registry.ts';
 import { FaultProxy } from './fakes/fault-proxy.ts';
 import { FIXTURES } from './support/shared.ts';
 import { spawnContainerd, stopContainerd } from './support/containerd-process.ts';
+import { OciLayout } from '../src/image/oci-layout.ts';
+import { addAccelerationLayer } from '../src/convert/acceleration-layer.ts';
+import { encodeTrace } from '../src/device/trace-file.ts';
+import { isMountPoint } from '../src/attach/filesystem.ts';
 
 const LAYOUT = `oci:${join(FIXTURES, 'hello-world-converted')}:amd64-converted`;
 const LAYER_DIGEST = 'sha256:022231c3f1af70e0cc42f0c3781eabf174cff608210585bf93fc83e16d33672d';
@@ -111,6 +115,22 @@ async function waitForContainerd(): Promise<void> {
       await new Promise((r) => setTimeout(r, 200));
     }
   }
+}
+
+/** PIDs of this process's standby `obd attach --standby` children. */
+function standbyPids(): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const args = readFileSync(`/proc/${name}/cmdline`, 'latin1').split('\0');
+      const ppid = /^PPid:\s+(\d+)$/m.exec(readFileSync(`/proc/${name}/status`, 'latin1'))?.[1];
+      if (args.includes('attach') && args.includes('--standby') && Number(ppid) === process.pid) out.push(Number(name));
+    } catch {
+      // gone
+    }
+  }
+  return out;
 }
 
 /** PIDs of processes (shims) whose command line names our containerd socket. */
@@ -214,12 +234,21 @@ after(async () => {
       if (alive(pid)) process.kill(pid, 'SIGKILL');
     });
   }
+  // The mounter's standby attach process ends with the daemon (its close()); used ones
+  // became the sessions stopped above (their command line says --standby too).
+  let standbys = standbyPids();
+  for (let i = 0; i < 50 && standbys.length > 0; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    standbys = standbyPids();
+  }
+  for (const pid of standbys) await tidy(`standby ${pid}`, async () => process.kill(pid, 'SIGKILL'));
   await tidy('proxy', async () => proxy?.close());
   await tidy('registry', async () => reg?.stop());
   await tidy('dir', () => rm(dir, { recursive: true, force: true }));
   if (!runDirExisted) {
     for (const d of [join(RUN_DIR, 's'), join(RUN_DIR, 'fifo'), RUN_DIR]) await rmdir(d).catch(() => undefined);
   }
+  assert.deepEqual(standbys, [], 'a standby attach process outlived the daemon');
 });
 
 const T = { skip, timeout: 240_000 };
@@ -297,6 +326,45 @@ test('ctr run with overlaybd.writable=dev hands out the raw writable device', T,
   await collectGarbage();
   const sessions = await listSessions(runDir);
   assert.equal(sessions.length, 1, `only the shared image device is left: ${sessions.map((s) => s.target).join(', ')}`);
+});
+
+/** Polls `check` every 100 ms until it holds, for at most `ms`. */
+async function eventually(what: string, check: () => Promise<boolean> | boolean, ms = 60_000): Promise<void> {
+  for (const deadline = Date.now() + ms; !(await check()); ) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+test('rpull of an accelerated image attaches its device at pull: mounted and replaying before any run, reused by the run, detached on removal', T, async () => {
+  const layoutDir = join(dir, 'accel-layout');
+  await sh(['cp', '-a', join(FIXTURES, 'hello-world-converted'), layoutDir]);
+  // A trace: the first 128 KiB of the (decoded) layer, read as the runs above read it.
+  const trace = encodeTrace([{ op: 'R', layerIndex: 0, offset: 0, count: 65536 }, { op: 'R', layerIndex: 0, offset: 65536, count: 65536 }]);
+  await addAccelerationLayer({ layout: await OciLayout.open(layoutDir), from: 'amd64-converted', to: 'accel', trace });
+  await obd('push', `oci:${layoutDir}:accel`, `${reg!.host}/obd/hello-world:accel`, '--plain-http', reg!.host);
+  const accelRef = `${proxyHost}/obd/hello-world:accel`;
+  const known = new Set((await listSessions(runDir)).map((s) => s.mountpoint));
+  const fresh = async (): Promise<string[]> => (await listSessions(runDir)).map((s) => s.mountpoint ?? '').filter((m) => !known.has(m));
+
+  proxy!.resetCounters();
+  await obd('rpull', accelRef, '--address', sock(), '--namespace', NS, '--plain-http', proxyHost);
+  // No container yet: the acceleration layer's device is attached and replays the trace.
+  await eventually('the acceleration layer device is mounted', async () => {
+    const [m] = await fresh();
+    return m !== undefined && (await isMountPoint(m));
+  });
+  const [mountpoint] = await fresh();
+  assert.match(mountpoint ?? '', /\/snapshots\/\d+\/block\/mountpoint$/);
+  await eventually('the replay read the layer', () => proxy!.counters.rangeGets > 0, 30_000);
+
+  const out = await ctrRun(accelRef, 'hello-accel');
+  assert.match(out, /Hello from Docker!/);
+  assert.deepEqual(await fresh(), [mountpoint], 'the run reused the device attached at pull');
+
+  await ctr('images', 'rm', '--sync', accelRef);
+  await collectGarbage();
+  await eventually('the device is detached with its snapshot', async () => (await fresh()).length === 0 && !(await isMountPoint(mountpoint ?? '/')), 30_000);
 });
 
 test('rpull of a plain (non-overlaybd) image fails clearly and records nothing', T, async () => {

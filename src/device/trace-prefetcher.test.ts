@@ -17,7 +17,8 @@ import { RemoteAccess } from '../image/remote-access.ts';
 import type { LsmtStack } from '../formats/lsmt/stack.ts';
 import { openDevice } from './open-device.ts';
 import { decodeTrace, encodeTrace } from './trace-file.ts';
-import { downloadSettings, type TracePrefetcher } from './trace-prefetcher.ts';
+import { downloadSettings, replayRanges, replayReaderSettings, REPLAY_REFILL_SIZE, type TracePrefetcher } from './trace-prefetcher.ts';
+import type { TraceRecord } from './trace-file.ts';
 import { pseudoRandom } from '../../test/support/sample-layers.ts';
 import { StaticRangeOrigin } from '../../test/fakes/static-range-origin.ts';
 
@@ -201,7 +202,7 @@ test('replaying an acceleration layer pulls the traced ranges of a remote layer 
       assert.equal(stats.errors, 0);
       assert.equal(stats.stopped, false);
       assert.equal(stats.records, records.length);
-      assert.ok(stats.pieces > records.length, 'records over 1 MiB were not split');
+      assert.ok(stats.pieces >= 3, 'the 3 MiB traced were not read in pieces of at most 1 MiB');
       assert.equal(stats.bytes, records.reduce((s, r) => s + r.count, 0));
       assert.ok(origin.counters.requests > 0);
 
@@ -262,4 +263,34 @@ test('downloadSettings() turns background download off while recording a trace, 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('replayRanges() merges overlapping, adjacent and close ranges per layer, in the order of their first record', () => {
+  const R = (layerIndex: number, offset: number, count: number): TraceRecord => ({ op: 'R', layerIndex, offset, count });
+  const records = [R(1, 500_000, 4096), R(0, 8192, 4096), R(0, 0, 4096), R(1, 0, 100), R(0, 4096, 8192), R(0, 77_824, 10), R(0, 300_000, 1)];
+  assert.deepEqual(replayRanges(records, 65536), [
+    { layerIndex: 1, offset: 500_000, count: 4096 },
+    { layerIndex: 0, offset: 0, count: 77_834 }, // 0..12288 overlapping and adjacent, then a gap of exactly 64 KiB
+    { layerIndex: 1, offset: 0, count: 100 },
+    { layerIndex: 0, offset: 300_000, count: 1 },
+  ]);
+  assert.deepEqual(replayRanges(records, 0).filter((r) => r.layerIndex === 0), [
+    { layerIndex: 0, offset: 0, count: 12288 },
+    { layerIndex: 0, offset: 77_824, count: 10 },
+    { layerIndex: 0, offset: 300_000, count: 1 },
+  ]);
+});
+
+test('replayReaderSettings() asks for the small refill only when the device will replay a trace', async () => {
+  const accelDir = join(dir, 'accel-settings');
+  mkdirSync(accelDir);
+  const accel = config({ accelerationLayer: true }, [{ file: bottom }, { dir: accelDir }]);
+  assert.deepEqual(await replayReaderSettings(accel), {}, 'no trace file');
+  writeFileSync(join(accelDir, 'trace'), '');
+  assert.deepEqual(await replayReaderSettings(accel), {}, 'empty trace');
+  writeFileSync(join(accelDir, 'trace'), encodeTrace([{ op: 'R', layerIndex: 0, count: 4096, offset: 0 }]));
+  assert.deepEqual(await replayReaderSettings(accel), { refillSize: REPLAY_REFILL_SIZE, readaheadBytes: 0 });
+  assert.deepEqual(await replayReaderSettings(config({}, [{ file: bottom }])), {});
+  assert.deepEqual(await replayReaderSettings(config({ recordTracePath: join(accelDir, 'trace') }, [{ file: bottom }])), { refillSize: REPLAY_REFILL_SIZE, readaheadBytes: 0 });
+  assert.deepEqual(await replayReaderSettings(config({ recordTracePath: emptyTrace('settings.trace') }, [{ file: bottom }])), {}, 'a recording device');
 });

@@ -128,13 +128,15 @@ export class RemoteAccess {
 
   /**
    * Opens one remote blob as a reader (cached and downloadable per the options; a
-   * device config's own `download` object overrides the access-wide one).
+   * device config's own `download` object overrides the access-wide one). `reader`
+   * adjusts the device reader defaults for this blob (e.g. a smaller refill for a device
+   * that replays a trace); the access-wide `reader` options still win.
    */
-  async openBlob(loc: RemoteBlobLocation, download = this.#options.download): Promise<BlobReader> {
+  async openBlob(loc: RemoteBlobLocation, download = this.#options.download, reader: RemoteBlobReaderOptions = {}): Promise<BlobReader> {
     const { scheme, registry, repository } = parseRepoBlobUrl(loc.repoBlobUrl);
     const client = this.client(registry, scheme);
     const source = createBlobRangeSource(client, { registry, repository }, { digest: loc.digest, size: loc.size });
-    const remote = new RemoteBlobReader(source, { name: loc.digest, ...DEVICE_READER_DEFAULTS, ...(this.#options.reader ?? {}) });
+    const remote = new RemoteBlobReader(source, { name: loc.digest, ...DEVICE_READER_DEFAULTS, ...reader, ...(this.#options.reader ?? {}) });
     this.#readers.push(remote);
     const cache = await this.#blockCache();
     const cached = cache === undefined ? undefined : await CachedBlobReader.open(cache, remote, { digest: loc.digest });
@@ -151,11 +153,17 @@ export class RemoteAccess {
     return switchable;
   }
 
-  /** The opener `openDevice` uses for remote lowers; `download` is the device config's override. */
-  opener(download?: Record<string, unknown>): (lower: { digest: string; size: number; dir: string }, index: number, url: string) => Promise<BlobReader> {
+  /**
+   * The opener `openDevice` uses for remote lowers; `download` is the device config's
+   * override, `reader` adjusts the device reader defaults (see {@link openBlob}).
+   */
+  opener(
+    download?: Record<string, unknown>,
+    reader: RemoteBlobReaderOptions = {},
+  ): (lower: { digest: string; size: number; dir: string }, index: number, url: string) => Promise<BlobReader> {
     const dl = download === undefined ? this.#options.download : parseDownload(download);
     return (lower, _index, url) =>
-      this.openBlob({ repoBlobUrl: url, digest: lower.digest, size: lower.size, ...(lower.dir ? { dir: lower.dir } : {}) }, dl);
+      this.openBlob({ repoBlobUrl: url, digest: lower.digest, size: lower.size, ...(lower.dir ? { dir: lower.dir } : {}) }, dl, reader);
   }
 
   /** Resolves when every background download started so far has ended. */

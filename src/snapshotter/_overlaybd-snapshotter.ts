@@ -28,6 +28,7 @@ import { emptyConfig, lower, repoBlobUrl, writeConfigAtomic } from './_block-con
 import { diskUsage } from './_disk-usage.ts';
 import { parseFsSpec } from '../attach/filesystem.ts';
 import { isMountPoint, mountsUnder, overlayUses } from './_mountinfo.ts';
+import { Mutex } from './_mutex.ts';
 
 const log = debuglog('obd');
 
@@ -43,6 +44,7 @@ interface Resolved {
   defaultFsType: string;
   turboFsType: string[];
   indexOff: boolean;
+  attachOnPull: boolean;
 }
 
 /** What the Prepare transaction produced. */
@@ -62,6 +64,10 @@ export class OverlaybdSnapshotter implements Snapshotter {
   readonly #ms: Metastore;
   readonly #o: Resolved;
   readonly #mounter: DeviceMounter | undefined;
+  /** Serialises the device mounter's mount/unmount/attach/detach calls (its contract). */
+  readonly #deviceLock = new Mutex();
+  /** Attaches at pull in flight, by snapshot ID; they never reject (errors are logged). */
+  readonly #attaching = new Map<string, Promise<void>>();
 
   private constructor(init: { root: string; ms: Metastore; o: Resolved; mounter: DeviceMounter | undefined }) {
     this.#root = init.root;
@@ -88,6 +94,7 @@ export class OverlaybdSnapshotter implements Snapshotter {
         defaultFsType: options.defaultFsType ?? 'ext4',
         turboFsType: options.turboFsType ?? ['erofs', 'ext4'],
         indexOff: options.indexOff ?? existsSync('/sys/module/overlay/parameters/index'),
+        attachOnPull: options.attachOnPull ?? true,
       },
       mounter: options.deviceMounter,
     });
@@ -143,8 +150,9 @@ export class OverlaybdSnapshotter implements Snapshotter {
     return this.#create('view', { key, parent, labels: options.labels ?? {} });
   }
 
-  commit(name: string, key: string, options: SnapshotOptions = {}): Promise<void> {
-    return this.#ms.withTransaction((tx) => this.#commit(tx, { name, key, labels: options.labels ?? {} }), { writable: true });
+  async commit(name: string, key: string, options: SnapshotOptions = {}): Promise<void> {
+    const pulled = await this.#ms.withTransaction((tx) => this.#commit(tx, { name, key, labels: options.labels ?? {} }), { writable: true });
+    if (pulled !== undefined) this.#attachOnPull(pulled.id, pulled.labels);
   }
 
   async remove(key: string): Promise<void> {
@@ -164,8 +172,9 @@ export class OverlaybdSnapshotter implements Snapshotter {
     await this.#removeDirs(removals);
   }
 
-  close(): Promise<void> {
-    return this.#ms.close();
+  async close(): Promise<void> {
+    await Promise.all(this.#attaching.values());
+    await this.#ms.close();
   }
 
   // ---- Prepare / View (§5.1) ---------------------------------------------------------
@@ -419,11 +428,13 @@ export class OverlaybdSnapshotter implements Snapshotter {
     const ownerId = writable ? sub.s.id : sub.parent!.id;
     const ownerLabels = writable ? sub.labels : sub.parent!.labels;
     const action = `attach the overlaybd device of snapshot ${sub.key}`;
+    await this.#attachedAtPull(ownerId);
     if (writeType === 'dev') {
       const mounter = this.#requireMounter(action);
       if (mounter.attach === undefined) throw new UnsupportedError(`Cannot ${action}: the device mounter cannot attach without mounting (dev mode)`);
       if (await exists(this.#mark(ownerId))) return false;
-      const dev = await mounter.attach(this.#config(ownerId), { writable: true });
+      const attach = mounter.attach.bind(mounter);
+      const dev = await this.#deviceLock.run(() => attach(this.#config(ownerId), { writable: true }));
       await writeFile(this.#mark(ownerId), dev, { mode: 0o644 });
       return true;
     }
@@ -431,22 +442,56 @@ export class OverlaybdSnapshotter implements Snapshotter {
     const mounter = this.#requireMounter(action);
     if (await mounter.isMounted(mountpoint)) return false;
     const fs = parseFsSpec(await this.#fsTypeOf(ownerId, ownerLabels, sub.parent?.labels));
-    await mounter.mount(this.#config(ownerId), mountpoint, { ...fs, writable, mkfs: allowMkfs && writable && sub.parent === undefined });
+    await this.#deviceLock.run(() => mounter.mount(this.#config(ownerId), mountpoint, { ...fs, writable, mkfs: allowMkfs && writable && sub.parent === undefined }));
     log('snapshotter: mounted device of snapshot %s at %s (%s, %s)', ownerId, mountpoint, fs.fstype, writable ? 'rw' : 'ro');
     return true;
   }
 
   /** Unmounts/detaches the device of snapshot `id` (own device in dir/dev mode, image device otherwise). */
   async #detach(id: string, writeType: RwMode): Promise<void> {
-    if (this.#mounter === undefined) return;
+    const mounter = this.#mounter;
+    if (mounter === undefined) return;
+    await this.#attachedAtPull(id);
     if (writeType === 'dev' || (await exists(this.#mark(id)))) {
       if (await exists(this.#mark(id))) {
-        await this.#mounter.detach?.(this.#config(id));
+        await this.#deviceLock.run(async () => mounter.detach?.(this.#config(id)));
         await rm(this.#mark(id), { force: true });
       }
       return;
     }
-    if (await this.#mounter.isMounted(this.#mountpoint(id))) await this.#mounter.unmount(this.#mountpoint(id));
+    if (await mounter.isMounted(this.#mountpoint(id))) await this.#deviceLock.run(() => mounter.unmount(this.#mountpoint(id)));
+  }
+
+  /**
+   * Attach at pull (README.md "Attach at pull"): starts mounting the device of the
+   * acceleration layer `id` read-only, as the rootfs Prepare of an overlayfs-mode
+   * container would (`accelerationLayer` set in its config, §11.2), without delaying the
+   * Commit reply. A failure is logged; the next Prepare or Mounts attaches as usual.
+   */
+  #attachOnPull(id: string, labels: Record<string, string>): void {
+    const mounter = this.#mounter;
+    if (mounter === undefined || this.#attaching.has(id)) return;
+    const mountpoint = this.#mountpoint(id);
+    const job = (async () => {
+      if (await mounter.isMounted(mountpoint)) return;
+      const cfg = await this.#readConfig(id);
+      if (!cfg.accelerationLayer || cfg.recordTracePath !== '') {
+        cfg.accelerationLayer = true;
+        cfg.recordTracePath = '';
+        await writeConfigAtomic(this.#config(id), cfg);
+      }
+      const fs = parseFsSpec(await this.#fsTypeOf(id, labels));
+      await this.#deviceLock.run(() => mounter.mount(this.#config(id), mountpoint, { ...fs, writable: false, mkfs: false }));
+      log('snapshotter: attached device of acceleration layer snapshot %s at pull (%s)', id, mountpoint);
+    })()
+      .catch((e: unknown) => log('snapshotter: cannot attach the device of snapshot %s at pull (the next Prepare attaches it): %s', id, e instanceof Error ? e.message : String(e)))
+      .finally(() => this.#attaching.delete(id));
+    this.#attaching.set(id, job);
+  }
+
+  /** Waits for an attach at pull of snapshot `id` in flight, if any. */
+  async #attachedAtPull(id: string): Promise<void> {
+    await this.#attaching.get(id);
   }
 
   // ---- mounts (§6) -------------------------------------------------------------------
@@ -510,7 +555,8 @@ export class OverlaybdSnapshotter implements Snapshotter {
 
   // ---- Commit (§5.2) -----------------------------------------------------------------
 
-  async #commit(tx: MetaTransaction, req: { name: string; key: string; labels: Record<string, string> }): Promise<void> {
+  /** Commits; returns the snapshot to attach at pull (an acceleration layer), if any. */
+  async #commit(tx: MetaTransaction, req: { name: string; key: string; labels: Record<string, string> }): Promise<{ id: string; labels: Record<string, string> } | undefined> {
     const { id, info } = tx.getInfo(req.key);
     if (info.kind !== 'active') throw new FailedPreconditionError(`Cannot commit snapshot ${req.key}: it is ${info.kind}, not active`);
     validateLabels(req.labels);
@@ -550,6 +596,11 @@ export class OverlaybdSnapshotter implements Snapshotter {
     }
     tx.commitActive({ key: req.key, name: req.name, usage: await diskUsage(this.#fs(id)), labels });
     if (config !== undefined) await writeConfigAtomic(this.#config(id), config);
+    const accel = (labels[LABELS.accelerationLayer] ?? info.labels[LABELS.accelerationLayer]) === 'yes';
+    if (accel && this.#o.attachOnPull && this.#o.rwMode === 'overlayfs' && this.#mounter !== undefined && (await exists(join(this.#fs(id), 'trace')))) {
+      return { id, labels: { ...info.labels, ...labels } };
+    }
+    return undefined;
   }
 
   // ---- Remove (§5.3) and directory cleanup -------------------------------------------

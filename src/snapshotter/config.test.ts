@@ -35,6 +35,7 @@ test('parseSnapshotterConfig() reads upstream\'s packaged config and applies the
     turboFsType: ['erofs', 'ext4'],
     runtimeType: 'containerd',
     exporterConfig: { enable: false, uriPrefix: '/metrics', port: 9863 },
+    attachOnPull: true,
   });
 });
 

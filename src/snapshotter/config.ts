@@ -55,6 +55,12 @@ export interface SnapshotterConfig {
   turboFsType: string[];
   runtimeType: string;
   exporterConfig: ExporterConfig;
+  /**
+   * overlaybd-ts extension (default true): attach the device of an accelerated image
+   * (top layer `…/acceleration-layer: yes`) when that layer is committed at pull, in the
+   * background, so trace replay runs before the first container starts (README.md).
+   */
+  attachOnPull: boolean;
 }
 
 type Json = Record<string, unknown>;
@@ -128,6 +134,7 @@ export function parseSnapshotterConfig(text: string, source = 'config.json'): Sn
     tenant: pick(top, 'tenant', { type: 'integer', dflt: -1, source }),
     turboFsType,
     runtimeType: str('runtimeType', 'containerd'),
+    attachOnPull: pick(top, 'attachOnPull', { type: 'boolean', dflt: true, source }),
     exporterConfig: {
       enable: pick(exp, 'enable', { type: 'boolean', dflt: false, source, prefix }),
       uriPrefix: pick(exp, 'uriPrefix', { type: 'string', dflt: '/metrics', source, prefix }),
@@ -158,5 +165,6 @@ export function snapshotterOptionsFromConfig(cfg: SnapshotterConfig): Snapshotte
     mirrorRegistry: cfg.mirrorRegistry,
     defaultFsType: cfg.defaultFsType,
     turboFsType: cfg.turboFsType,
+    attachOnPull: cfg.attachOnPull,
   };
 }

@@ -54,7 +54,8 @@ export async function runSnapshotterDaemon(config: string | SnapshotterConfig = 
     ...snapshotterOptionsFromConfig(cfg),
     ...(options.deviceMounter === undefined ? {} : { deviceMounter: options.deviceMounter }),
   });
-  const stops: (() => Promise<void>)[] = [() => snapshotter.close()];
+  const mounter = options.deviceMounter;
+  const stops: (() => Promise<void>)[] = [async () => mounter?.close?.(), () => snapshotter.close()];
   const stopAll = async (): Promise<void> => {
     for (const stop of stops.reverse()) await stop().catch((e: unknown) => log('snapshotter: stop failed: %s', String(e)));
   };

@@ -53,4 +53,6 @@ export interface DeviceMounter {
   attach?(configPath: string, options: { writable: boolean }): Promise<string>;
   /** Detaches a device attached by `attach`. */
   detach?(configPath: string): Promise<void>;
+  /** Releases what the mounter holds besides devices (e.g. a started standby process); devices stay. */
+  close?(): Promise<void>;
 }

@@ -12,7 +12,8 @@
  *    stat / write / commit with expected digest and size), labelled as containerd's
  *    fetcher labels them: `containerd.io/gc.ref.content.m.<i>` on the index,
  *    `containerd.io/gc.ref.content.config` and `containerd.io/gc.ref.content.l.<i>` on
- *    the manifest, `containerd.io/distribution.source.<registry>` on all.
+ *    the manifest, `containerd.io/distribution.source.<registry>` on all. Runs
+ *    alongside step 3, which is on the container's start path (attach at pull).
  * 3. For each layer bottom-up, unless containerd already has its chain ID snapshot:
  *    Prepare `extract-<random>-<chainID>` with parent = previous chain ID and labels
  *    `containerd.io/snapshot.ref` = chain ID, `containerd.io/snapshot/image-ref` = ref
@@ -51,9 +52,8 @@ import { formatReference, parseReference, type Reference } from '../registry/ref
 import { MemoryReader } from '../io/memory-reader.ts';
 import { readBytes } from '../io/blob-reader.ts';
 import { openTarPayload } from '../formats/tar/wrapper.ts';
-import { createSnapshotterClient } from './grpc-client.ts';
 import { LABELS } from './labels.ts';
-import { ContainerdClient, type ContainerdDescriptor } from './_containerd-client.ts';
+import type { ContainerdDescriptor } from './_containerd-client.ts';
 import { chainIds, layerSnapshotLabels, parseDiffIds, parseManifest } from './_containerd-image.ts';
 
 const log = debuglog('obd');
@@ -136,6 +136,9 @@ export async function rpull(ref: string, options: RpullOptions = {}): Promise<Rp
   const snapshotterName = options.snapshotter ?? 'overlaybd';
   const address = options.containerdAddress ?? DEFAULT_CONTAINERD_ADDRESS;
   const signal = options.signal === undefined ? {} : { signal: options.signal };
+  // The gRPC modules (grpc-js, proto-loader: ~120 ms to load) load while the registry answers.
+  const grpcModules = Promise.all([import('./_containerd-client.ts'), import('./grpc-client.ts')]);
+  void grpcModules.catch(() => undefined);
 
   // 1. Resolve (registry only).
   const registry = new RegistryClient(options.registry ?? {});
@@ -182,72 +185,89 @@ export async function rpull(ref: string, options: RpullOptions = {}): Promise<Rp
       : { mediaType: resolved.manifest.mediaType, digest: resolved.manifest.digest, size: resolved.manifest.size };
   const source = { [`containerd.io/distribution.source.${parsed.registry}`]: parsed.repository };
 
+  const [{ ContainerdClient }, { createSnapshotterClient }] = await grpcModules;
   const ctd = new ContainerdClient(address, { namespace: options.namespace ?? 'default', ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) });
   let leaseId: string | undefined;
   try {
     leaseId = await ctd.createLease(`obd-rpull-${randomId()}`, { 'containerd.io/gc.expire': new Date(Date.now() + LEASE_EXPIRY_MS).toISOString() });
     ctd.lease = leaseId;
-    // 2. Content.
-    if (index !== undefined && indexPos >= 0) {
-      await ctd.writeContent({
-        ref: `index-${index.digest}`,
-        digest: index.digest,
-        bytes: index.bytes,
-        labels: { ...source, [`containerd.io/gc.ref.content.m.${indexPos}`]: resolved.manifest.digest },
-      });
-    }
-    const manifestLabels: Record<string, string> = { ...source, 'containerd.io/gc.ref.content.config': manifest.config.digest };
-    manifest.layers.forEach((l, i) => {
-      manifestLabels[`containerd.io/gc.ref.content.l.${i}`] = l.digest;
-    });
-    await ctd.writeContent({ ref: `manifest-${resolved.manifest.digest}`, digest: resolved.manifest.digest, bytes: resolved.manifest.bytes, labels: manifestLabels });
-    await ctd.writeContent({ ref: `config-${manifest.config.digest}`, digest: manifest.config.digest, bytes: configBytes, labels: source });
-
-    // 3. Remote snapshots, bottom-up.
+    // 2. Content and 3. remote snapshots, side by side: the snapshots come first on the
+    // container's start path (the snapshotter may attach an accelerated image's device
+    // at its top layer's Commit), the content records only need to exist at step 4.
     const layers: RpullLayer[] = [];
-    const sn = createSnapshotterClient(address, { name: snapshotterName, metadata: ctd.metadata(), ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) });
-    try {
-      for (const [i, layer] of manifest.layers.entries()) {
-        const chainId = chains[i] as string;
-        const parent = i === 0 ? '' : (chains[i - 1] as string);
-        const base = { digest: layer.digest, size: layer.size, chainId };
-        try {
-          await sn.stat(chainId);
-          layers.push({ ...base, status: 'present' });
-          continue;
-        } catch (e) {
-          if (!(e instanceof NotFoundError)) throw e;
-        }
-        const key = `extract-${randomId()}-${chainId}`;
-        const labels = layerSnapshotLabels(layer, { chainId, imageRef: name });
-        let mounts;
-        try {
-          mounts = await sn.prepare(key, parent, { labels });
-        } catch (e) {
-          if (!(e instanceof AlreadyExistsError)) throw e;
-          const info = await sn.stat(chainId);
-          if (info.kind !== 'committed') throw new FailedPreconditionError(`Cannot pull layer ${i} of ${name}: snapshot ${chainId} exists but is ${info.kind}`);
-          log('rpull: layer %d (%s) is remote snapshot %s', i, layer.digest, chainId);
-          layers.push({ ...base, status: 'committed' });
-          continue;
-        }
-        const trace = traceLayers.get(layer.digest);
-        const fs = mounts[0];
-        if (trace !== undefined && mounts.length === 1 && fs?.type === 'bind') {
-          await writeFile(join(fs.source, 'trace'), trace, { mode: 0o444 });
-          await sn.commit(chainId, key, { labels });
-          log('rpull: acceleration layer %d (%s) committed as %s', i, layer.digest, chainId);
-          layers.push({ ...base, status: 'committed' });
-          continue;
-        }
-        await sn.remove(key).catch((e: unknown) => log('rpull: cannot remove snapshot %s: %s', key, String(e)));
-        throw new FailedPreconditionError(
-          `Cannot pull layer ${i} (${layer.digest}) of ${name} remotely: snapshotter ${snapshotterName} prepared it as a plain layer instead of committing a remote overlaybd layer (is it the overlaybd snapshotter?)`,
-        );
+    const writeContent = async (): Promise<void> => {
+      if (index !== undefined && indexPos >= 0) {
+        await ctd.writeContent({
+          ref: `index-${index.digest}`,
+          digest: index.digest,
+          bytes: index.bytes,
+          labels: { ...source, [`containerd.io/gc.ref.content.m.${indexPos}`]: resolved.manifest.digest },
+        });
       }
-    } finally {
-      await sn.close();
-    }
+      const manifestLabels: Record<string, string> = { ...source, 'containerd.io/gc.ref.content.config': manifest.config.digest };
+      manifest.layers.forEach((l, i) => {
+        manifestLabels[`containerd.io/gc.ref.content.l.${i}`] = l.digest;
+      });
+      await ctd.writeContent({ ref: `manifest-${resolved.manifest.digest}`, digest: resolved.manifest.digest, bytes: resolved.manifest.bytes, labels: manifestLabels });
+      await ctd.writeContent({ ref: `config-${manifest.config.digest}`, digest: manifest.config.digest, bytes: configBytes, labels: source });
+    };
+    const pullSnapshots = async (): Promise<void> => {
+      const sn = createSnapshotterClient(address, { name: snapshotterName, metadata: ctd.metadata(), ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) });
+      try {
+        // Which chain IDs containerd has: asked all at once (one round trip, not one per layer).
+        const present = await Promise.all(
+          manifest.layers.map((_, i) =>
+            sn.stat(chains[i] as string).then(
+              () => true,
+              (e: unknown) => {
+                if (e instanceof NotFoundError) return false;
+                throw e;
+              },
+            ),
+          ),
+        );
+        for (const [i, layer] of manifest.layers.entries()) {
+          const chainId = chains[i] as string;
+          const parent = i === 0 ? '' : (chains[i - 1] as string);
+          const base = { digest: layer.digest, size: layer.size, chainId };
+          if (present[i] === true) {
+            layers.push({ ...base, status: 'present' });
+            continue;
+          }
+          const key = `extract-${randomId()}-${chainId}`;
+          const labels = layerSnapshotLabels(layer, { chainId, imageRef: name });
+          let mounts;
+          try {
+            mounts = await sn.prepare(key, parent, { labels });
+          } catch (e) {
+            if (!(e instanceof AlreadyExistsError)) throw e;
+            const info = await sn.stat(chainId);
+            if (info.kind !== 'committed') throw new FailedPreconditionError(`Cannot pull layer ${i} of ${name}: snapshot ${chainId} exists but is ${info.kind}`);
+            log('rpull: layer %d (%s) is remote snapshot %s', i, layer.digest, chainId);
+            layers.push({ ...base, status: 'committed' });
+            continue;
+          }
+          const trace = traceLayers.get(layer.digest);
+          const fs = mounts[0];
+          if (trace !== undefined && mounts.length === 1 && fs?.type === 'bind') {
+            await writeFile(join(fs.source, 'trace'), trace, { mode: 0o444 });
+            await sn.commit(chainId, key, { labels });
+            log('rpull: acceleration layer %d (%s) committed as %s', i, layer.digest, chainId);
+            layers.push({ ...base, status: 'committed' });
+            continue;
+          }
+          await sn.remove(key).catch((e: unknown) => log('rpull: cannot remove snapshot %s: %s', key, String(e)));
+          throw new FailedPreconditionError(
+            `Cannot pull layer ${i} (${layer.digest}) of ${name} remotely: snapshotter ${snapshotterName} prepared it as a plain layer instead of committing a remote overlaybd layer (is it the overlaybd snapshotter?)`,
+          );
+        }
+      } finally {
+        await sn.close();
+      }
+    };
+    const settled = await Promise.allSettled([pullSnapshots(), writeContent()]);
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
 
     // 4. Keep the snapshots with the config, as containerd's unpacker does.
     await ctd.setContentLabels(manifest.config.digest, { [`containerd.io/gc.ref.snapshot.${snapshotterName}`]: topChain });

@@ -132,6 +132,12 @@ export interface SnapshotterOptions {
   deviceMounter?: DeviceMounter;
   /** Add `index=off` to overlay mounts; default: when `/sys/module/overlay/parameters/index` exists. */
   indexOff?: boolean;
+  /**
+   * Attach (read-only, mounted) the device of an acceleration layer in the background
+   * when it is committed at pull, so its trace replay starts before the first container
+   * Prepare, which then finds it mounted (default true; src/snapshotter/README.md).
+   */
+  attachOnPull?: boolean;
 }
 
 /**

@@ -10,7 +10,7 @@
  * and completes (src/attach/fuse-supervisor.ts). `--frontend nbd` and `--nbd-listen`
  * serve in this process.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { extname } from 'node:path';
@@ -29,7 +29,7 @@ import type { DeviceConfig } from '../../image/device-config.ts';
 import { createNbdServer } from '../../nbd/nbd-server.ts';
 import { nbdUri } from '../../nbd/nbd-uri.ts';
 import type { BlockDevice } from '../../io/block-device.ts';
-import { downloadSettings } from '../../device/trace-prefetcher.ts';
+import { downloadSettings, replayReaderSettings } from '../../device/trace-prefetcher.ts';
 
 export const ATTACH_OPTIONS = {
   ...REMOTE_OPTIONS,
@@ -51,16 +51,73 @@ const usage =
   '       obd attach CONFIG|IMAGE --nbd-listen unix:PATH|HOST:PORT   (serve NBD only, for hosts with nbd.ko or qemu)';
 
 const READY_TIMEOUT_MS = 120_000;
+/** The internal first argument of a standby attach process (see {@link StandbyAttach}). */
+const STANDBY_FLAG = '--standby';
+
+function spawnAttach(args: string[], stdin: 'ignore' | 'pipe'): ChildProcess {
+  const self = fileURLToPath(import.meta.url);
+  const bin = fileURLToPath(new URL(`../bin/obd${extname(self)}`, import.meta.url));
+  return spawn(process.execPath, [...process.execArgv, bin, 'attach', ...args, '--ready-fd', '3'], {
+    detached: true,
+    stdio: [stdin, 'ignore', 'ignore', 'pipe'],
+  });
+}
 
 /** Starts `obd attach ARGS --ready-fd 3` detached and waits for its first status line. */
 async function runInBackground(argv: string[], io: CliIo): Promise<void> {
-  const self = fileURLToPath(import.meta.url);
-  const bin = fileURLToPath(new URL(`../bin/obd${extname(self)}`, import.meta.url));
-  const args = argv.filter((a) => a !== '--background');
-  const child = spawn(process.execPath, [...process.execArgv, bin, 'attach', ...args, '--ready-fd', '3'], {
-    detached: true,
-    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
-  });
+  await awaitReady(spawnAttach(argv.filter((a) => a !== '--background'), 'ignore'), io);
+}
+
+/**
+ * A detached `obd attach` process started ahead of need: node started and the command's
+ * modules loaded, it waits on its stdin for the arguments of one attach. `run(argv)`
+ * hands them over and waits for the device as `obd attach ARGV --background` does
+ * (saving a process start on the attach path); closing it unused ends the process.
+ */
+export class StandbyAttach {
+  readonly #child: ChildProcess;
+  #used = false;
+
+  private constructor(child: ChildProcess) {
+    this.#child = child;
+    child.on('error', () => undefined);
+    child.stdin?.on('error', () => undefined);
+    // The standby must not keep its starter alive.
+    child.unref();
+    (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+    (child.stdio[3] as unknown as { unref?: () => void } | null)?.unref?.();
+  }
+
+  /** Starts a standby process. */
+  static start(): StandbyAttach {
+    return new StandbyAttach(spawnAttach([STANDBY_FLAG], 'pipe'));
+  }
+
+  /** Whether `run` can still be called (not used, process alive). */
+  get usable(): boolean {
+    return !this.#used && this.#child.exitCode === null && this.#child.signalCode === null && this.#child.stdin?.writable === true;
+  }
+
+  /** Attaches with `argv` (the arguments of `obd attach`, without `--background`). */
+  async run(argv: string[], io: CliIo): Promise<void> {
+    if (!this.usable) throw new FailedPreconditionError('Cannot attach through the standby process: it was used or has exited');
+    this.#used = true;
+    (this.#child.stdio[3] as unknown as { ref?: () => void } | null)?.ref?.();
+    this.#child.stdin?.end(`${JSON.stringify(argv)}\n`);
+    await awaitReady(this.#child, io);
+  }
+
+  /** Ends the process if it was not used. */
+  close(): void {
+    if (this.#used) return;
+    this.#used = true;
+    this.#child.stdin?.destroy();
+    (this.#child.stdio[3] as unknown as { destroy?: () => void } | null)?.destroy?.();
+  }
+}
+
+/** Waits for the first status line of a started attach process on its fd 3. */
+async function awaitReady(child: ChildProcess, io: CliIo): Promise<void> {
   const pipe = child.stdio[3] as NodeJS.ReadableStream;
   const line = await new Promise<string>((resolve, reject) => {
     let text = '';
@@ -73,10 +130,12 @@ async function runInBackground(argv: string[], io: CliIo): Promise<void> {
         resolve(text.slice(0, nl));
       }
     });
-    child.on('exit', (code) => {
+    const exited = (code: number | null): void => {
       clearTimeout(timer);
       if (!text.includes('\n')) reject(new FailedPreconditionError(`Cannot attach: the serving process exited ${code} before it was ready`));
-    });
+    };
+    if (child.exitCode !== null || child.signalCode !== null) exited(child.exitCode);
+    child.on('exit', exited);
   });
   (pipe as unknown as { destroy(): void }).destroy();
   child.unref();
@@ -206,7 +265,7 @@ async function serveInProcess(
 ): Promise<void> {
   let device;
   try {
-    device = await openDevice(cfg, { remote: how.access.opener(await downloadSettings(cfg)) });
+    device = await openDevice(cfg, { remote: how.access.opener(await downloadSettings(cfg), await replayReaderSettings(cfg)) });
     await writeResultFile(how.resultFile);
   } catch (e) {
     await writeResultFile(how.resultFile, e).catch(() => {});
@@ -240,11 +299,27 @@ async function serveNbdOnly(device: BlockDevice, where: { listen: string; name: 
   }
 }
 
+/** `obd attach --standby --ready-fd N` (internal, {@link StandbyAttach}): one line of JSON argv on stdin, then attach. */
+async function standby(rest: string[], io: CliIo): Promise<void> {
+  let text = '';
+  for await (const chunk of io.stdin()) {
+    text += Buffer.from(chunk).toString();
+    if (text.includes('\n')) break;
+  }
+  process.stdin.destroy();
+  const nl = text.indexOf('\n');
+  if (nl < 0) return; // closed unused
+  const argv: unknown = JSON.parse(text.slice(0, nl));
+  if (!Array.isArray(argv) || argv.some((a) => typeof a !== 'string')) throw new InvalidArgumentError('Invalid standby attach request: expected a JSON array of strings');
+  await serve(parse([...(argv as string[]), ...rest], { options: ATTACH_OPTIONS, usage, min: 1, max: 1 }), io);
+}
+
 export const attachCommand: Command = {
   name: 'attach',
   summary: 'serve a device as /dev/loopN (FUSE + loop) until stopped; --mount DIR mounts it',
   usage,
   async run(argv, io) {
+    if (argv[0] === STANDBY_FLAG) return standby(argv.slice(1), io);
     const p = parse(argv, { options: ATTACH_OPTIONS, usage, min: 1, max: 1 });
     if (flag(p, 'background')) return runInBackground(argv, io);
     await serve(p, io);

@@ -12,7 +12,7 @@ import { parseDeviceConfig } from '../../image/device-config.ts';
 import { openDevice } from '../../device/open-device.ts';
 import { runFuseServerChild } from '../../attach/serve-fuse-child.ts';
 import { READ_DEVICE_MODULE, localReadsFor } from '../../attach/local-reads.ts';
-import { downloadSettings } from '../../device/trace-prefetcher.ts';
+import { downloadSettings, replayReaderSettings } from '../../device/trace-prefetcher.ts';
 
 const usage = 'obd serve-fuse [--plain-http HOST] [--cache-dir D] ...   (internal: started by obd attach)';
 
@@ -28,7 +28,7 @@ export const serveFuseCommand: Command = {
         open: async (spec) => {
           // Validated like a config file: the message crossed a process boundary.
           const cfg = parseDeviceConfig(JSON.stringify(spec), '/');
-          return openDevice(cfg, { remote: access.opener(await downloadSettings(cfg)) });
+          return openDevice(cfg, { remote: access.opener(await downloadSettings(cfg), await replayReaderSettings(cfg)) });
         },
         localReads: (spec) => localReadsFor(parseDeviceConfig(JSON.stringify(spec), '/')),
         prepare: [READ_DEVICE_MODULE],
