@@ -28,7 +28,7 @@ import { listSessions } from '../src/attach/session.ts';
 import { startRegistry, type TestRegistry } from './support/registry.ts';
 import { FaultProxy } from './fakes/fault-proxy.ts';
 import { FIXTURES } from './support/shared.ts';
-import { spawnContainerd, stopContainerd } from './support/containerd-process.ts';
+import { alive, sleep, spawnContainerd, stopContainerd } from './support/containerd-process.ts';
 import { OciLayout } from '../src/image/oci-layout.ts';
 import { addAccelerationLayer } from '../src/convert/acceleration-layer.ts';
 import { encodeTrace } from '../src/device/trace-file.ts';
@@ -147,15 +147,6 @@ function shimPids(): number[] {
   return out.filter((p) => p !== containerd?.pid);
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 before(async () => {
   if (skip !== false) return;
   runDirExisted = existsSync(RUN_DIR);
@@ -216,7 +207,7 @@ after(async () => {
         // gone
       }
     }
-    for (let i = 0; i < 150 && [...pids].some(alive); i++) await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 150 && [...pids].some(alive); i++) await sleep(100);
   });
   await tidy('mounts', async () => {
     for (const line of readFileSync('/proc/mounts', 'utf8').split('\n').reverse()) {

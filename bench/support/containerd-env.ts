@@ -10,12 +10,12 @@
  * dir (SIGTERM, then SIGKILL), mounts and loop devices under the directory, the
  * directory itself.
  */
-import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { listSessions } from '../../src/attach/session.ts';
-import { spawnContainerd } from '../../test/support/containerd-process.ts';
+import { alive, sh, sleep, spawnContainerd, stopContainerd } from '../../test/support/containerd-process.ts';
 
 /** containerd 1.6 puts shim sockets in /run/containerd/s whatever its config says. */
 const RUN_DIR = '/run/containerd';
@@ -31,25 +31,7 @@ export interface ContainerdEnvOptions {
   daemonEnv?: Record<string, string>;
 }
 
-export function sh(argv: string[], timeoutMs = 300_000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(argv[0] as string, argv.slice(1), { timeout: timeoutMs, maxBuffer: 64 << 20, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`${argv.join(' ')} failed: ${err.message} ${stderr}`));
-      else resolve(stdout);
-    });
-  });
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+export { sh };
 
 /** containerd + snapshotter daemon. Start with {@link ContainerdEnv.start}; always `stop()` it. */
 export class ContainerdEnv {
@@ -198,17 +180,8 @@ export class ContainerdEnv {
         report(`cleanup (${what}): ${(e as Error).message}`);
       }
     };
-    const up = this.#containerd !== undefined && this.#containerd.exitCode === null;
-    if (up) {
-      await tidy('tasks', async () => {
-        for (const t of (await this.ctr(['tasks', 'ls', '-q'], 30_000)).split('\n').filter(Boolean)) await this.ctr(['tasks', 'kill', '-s', 'SIGKILL', t], 30_000).catch(() => undefined);
-        for (const t of (await this.ctr(['tasks', 'ls', '-q'], 30_000)).split('\n').filter(Boolean)) await this.ctr(['tasks', 'rm', '-f', t], 30_000).catch(() => undefined);
-      });
-      await tidy('containers', async () => {
-        for (const c of (await this.ctr(['containers', 'ls', '-q'], 30_000)).split('\n').filter(Boolean)) await this.ctr(['containers', 'rm', c], 30_000);
-      });
-    }
-    await tidy('containerd', () => this.#killGroup(this.#containerd));
+    const containerd = this.#containerd;
+    if (containerd !== undefined) await stopContainerd(containerd, (...args) => this.ctr(args, 30_000), (what, e) => report(`cleanup (${what}): ${e.message}`));
     for (const pid of this.#shimPids()) await tidy(`shim ${pid}`, async () => process.kill(pid, 'SIGKILL'));
     await tidy('daemon', () => this.#killGroup(this.#daemon));
     // Sessions: SIGTERM lets each tear down its mount, loop device and FUSE connection.

@@ -17,13 +17,13 @@
  * await env.cleanup();
  * ```
  */
-import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { listSessions, type SessionRecord } from '../../src/attach/session.ts';
-import { spawnContainerd } from './containerd-process.ts';
+import { alive, sh, sleep, spawnContainerd, stopContainerd } from './containerd-process.ts';
 
 /** containerd 1.6 puts shim sockets in /run/containerd/s whatever its config says. */
 const RUN_DIR = '/run/containerd';
@@ -43,26 +43,7 @@ export function containerdSkipReason(extraTools: string[] = []): string | false 
   return false;
 }
 
-/** Runs a program; rejects with its stderr on failure or after `timeoutMs`. */
-export function sh(argv: string[], timeoutMs = 120_000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(argv[0] as string, argv.slice(1), { timeout: timeoutMs, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`${argv.join(' ')} failed: ${err.message} ${stderr}`));
-      else resolve(stdout);
-    });
-  });
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+export { sh };
 
 /** One mount of /proc/self/mountinfo. */
 export interface MountInfo {
@@ -265,28 +246,7 @@ export class ContainerdEnv {
       }
     };
     const containerd = this.#containerd;
-    if (containerd !== undefined && containerd.exitCode === null) {
-      await tidy('tasks', async () => {
-        for (const t of (await this.ctr('tasks', 'ls', '-q')).split('\n').filter(Boolean)) await this.ctr('tasks', 'kill', '-s', 'SIGKILL', t).catch(() => undefined);
-        for (const t of (await this.ctr('tasks', 'ls', '-q')).split('\n').filter(Boolean)) await this.ctr('tasks', 'rm', '-f', t).catch(() => undefined);
-      });
-      await tidy('containers', async () => {
-        for (const c of (await this.ctr('containers', 'ls', '-q')).split('\n').filter(Boolean)) await this.ctr('containers', 'rm', c).catch(() => undefined);
-      });
-      await tidy('containerd', async () => {
-        const exited = new Promise<void>((r) => containerd.once('exit', () => r()));
-        process.kill(-(containerd.pid as number), 'SIGTERM');
-        const timer = setTimeout(() => {
-          try {
-            process.kill(-(containerd.pid as number), 'SIGKILL');
-          } catch {
-            // already gone
-          }
-        }, 10_000);
-        await exited;
-        clearTimeout(timer);
-      });
-    }
+    if (containerd !== undefined) await stopContainerd(containerd, (...args) => this.ctr(...args), (what, e) => console.error(`cleanup (${what}): ${e.message}`));
     for (const pid of this.shimPids()) await tidy(`shim ${pid}`, async () => process.kill(pid, 'SIGKILL'));
     await tidy('daemon', () => this.stopSnapshotter());
     // Sessions: SIGTERM lets each tear down its mount, loop device and FUSE connection.

@@ -1,12 +1,35 @@
 /**
  * A private containerd 1.6 for tests and benches: its config (root, state and sockets in
  * `dir`, CRI disabled, optionally our snapshotter as proxy plugin `overlaybd`) and the
- * process, in a process group of its own so a teardown can signal all of it.
+ * process, in a process group of its own so a teardown can signal all of it; with the
+ * small process helpers both environments use (`sh`, `alive`, `sleep`).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+
+/** Runs a program; rejects with its stderr on failure or after `timeoutMs` (then SIGKILLed). */
+export function sh(argv: string[], timeoutMs = 120_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(argv[0] as string, argv.slice(1), { timeout: timeoutMs, maxBuffer: 64 << 20, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`${argv.join(' ')} failed: ${err.message} ${stderr}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+/** Whether process `pid` exists. */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Options of {@link spawnContainerd}. */
 export interface SpawnContainerdOptions {
