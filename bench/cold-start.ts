@@ -57,7 +57,7 @@ import { ConnectDelay } from './support/connect-delay.ts';
 import { RequestTimeline } from './support/request-timeline.ts';
 import { ContainerdEnv, sh } from './support/containerd-env.ts';
 import { ensureBuilt, OBD, REPO_ROOT } from './support/dist-cli.ts';
-import { benchImages, type LayerSpec, type RootfsSpec } from './support/bench-image.ts';
+import { benchImages, pythonRootfs, PYTHON_LAYERS } from './support/bench-image.ts';
 import { accelImage } from './support/accel-image.ts';
 
 const CACHE_DIR = process.env['OBD_BENCH_CACHE'] ?? '/var/tmp/obd-bench-cache';
@@ -67,19 +67,8 @@ const BANDWIDTH = 200e6 / 8;
 const COMMAND = ['python3', '-c', 'import json, sqlite3, email; print("cold-start ok")'];
 const TOOLS = ['debootstrap', 'containerd', 'ctr', 'runc', 'docker-registry', 'losetup', 'gzip'];
 
-const ROOTFS: RootfsSpec = {
-  suite: 'bookworm',
-  variant: 'minbase',
-  packages: (process.env['OBD_BENCH_PACKAGES'] ?? 'python3,python3-pip,python3-numpy').split(','),
-  mirror: 'http://deb.debian.org/debian',
-};
-/** Bottom-up, as a Dockerfile would stack them: base system, shared data, the Python stack. */
-const PYTHON_PATHS = ['./usr/lib/python3', './usr/lib/python3.11', './usr/share/python3'];
-const LAYERS: LayerSpec[] = [
-  { paths: ['.'], exclude: ['./dev/*', './proc/*', './sys/*', './run/*', './tmp/*', './usr/share/*', ...PYTHON_PATHS] },
-  { paths: ['./usr/share'], exclude: PYTHON_PATHS },
-  { paths: PYTHON_PATHS },
-];
+const ROOTFS = pythonRootfs(process.env['OBD_BENCH_PACKAGES']);
+const LAYERS = PYTHON_LAYERS;
 
 const log = (line: string): void => console.log(`# ${line}`);
 

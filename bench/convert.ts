@@ -2,12 +2,11 @@
  * bench/convert: `convertImage` of a Debian image against a plain `tar -x` of the same
  * layers onto a fresh ext4 loop mount, in one run.
  *
- * The image: a Debian bookworm rootfs by `debootstrap --variant=minbase
- * --include=PACKAGES` (default python3,python3-pip,python3-numpy: ≥ 150 MB), cached under
- * /var/tmp/obd-bench-cache/rootfs-<key> keyed by its debootstrap arguments (the same
- * cache and key as bench/cold-start), split by path into three layers as a Dockerfile
- * would stack them (base system, /usr/share, the Python stack), stored gzip-compressed
- * (or plain with `--compression none`) in a local OCI layout.
+ * The image: bench/cold-start's (bench/support/bench-image.ts, same cache): a Debian
+ * bookworm rootfs by `debootstrap --variant=minbase --include=PACKAGES` (default
+ * python3,python3-pip,python3-numpy: ≥ 150 MB) split by path into three layers as a
+ * Dockerfile would stack them, stored gzip-compressed (or plain with `--compression
+ * none`) in a local OCI layout; the baseline extracts those layer blobs.
  *
  * Baseline: `mkfs.ext4` with upstream's options on a plain loop device over a sparse
  * 64 GiB file, mount, `tar -x` of each layer in order, umount. Ours: the built CLI as a
@@ -23,15 +22,12 @@
  * `RESULT convert/apply-ratio`, `RESULT convert/throughput-MBps`.
  */
 import { execFile, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { mkdir, rename, rm } from 'node:fs/promises';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { OciLayout } from '../src/image/oci-layout.ts';
-import { MEDIA_TYPES, type Descriptor } from '../src/image/descriptor.ts';
 import type { ConvertEvent } from '../src/convert/convert-image.ts';
 import { ensureBuilt, OBD } from './support/dist-cli.ts';
+import { benchOciImage, layerBlobFiles, pythonRootfs, PYTHON_LAYERS, treeBytes, unmountUnder } from './support/bench-image.ts';
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -40,18 +36,8 @@ function arg(name: string): string | undefined {
 const ROUNDS = Number(arg('rounds') ?? 3);
 const COMPRESSION = (arg('compression') ?? 'gzip') as 'gzip' | 'none';
 const CACHE_DIR = process.env['OBD_BENCH_CACHE'] ?? '/var/tmp/obd-bench-cache';
-const ROOTFS = {
-  suite: 'bookworm',
-  variant: 'minbase',
-  packages: (arg('packages') ?? 'python3,python3-pip,python3-numpy').split(','),
-  mirror: 'http://deb.debian.org/debian',
-};
-const PYTHON_PATHS = ['./usr/lib/python3', './usr/lib/python3.11', './usr/share/python3'];
-const LAYERS: Array<{ paths: string[]; exclude?: string[] }> = [
-  { paths: ['.'], exclude: ['./dev/*', './proc/*', './sys/*', './run/*', './tmp/*', './usr/share/*', ...PYTHON_PATHS] },
-  { paths: ['./usr/share'], exclude: PYTHON_PATHS },
-  { paths: PYTHON_PATHS },
-];
+const ROOTFS = pythonRootfs(arg('packages'));
+const LAYERS = PYTHON_LAYERS;
 const MKFS = ['-O', '^has_journal,sparse_super,flex_bg', '-G', '1', '-E', 'discard', '-F'];
 const MIN_BYTES = 150e6;
 
@@ -62,85 +48,6 @@ function exec(argv: string[]): Promise<string> {
       else resolve(stdout);
     });
   });
-}
-
-async function sha256File(path: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const c of createReadStream(path)) h.update(c as Buffer);
-  return `sha256:${h.digest('hex')}`;
-}
-
-function treeBytes(dir: string): number {
-  let n = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) n += treeBytes(p);
-    else if (e.isFile()) n += statSync(p).size;
-  }
-  return n;
-}
-
-function unmountUnder(dir: string): void {
-  for (const mp of readFileSync('/proc/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '').reverse()) {
-    if (mp.startsWith(`${dir}/`)) void exec(['umount', '-l', mp]).catch(() => undefined);
-  }
-}
-
-/** The debootstrap rootfs, cached by its arguments (bench/support/bench-image.ts's key). */
-async function rootfs(): Promise<string> {
-  const key = createHash('sha256').update(JSON.stringify(ROOTFS)).digest('hex').slice(0, 16);
-  const dir = join(CACHE_DIR, `rootfs-${key}`);
-  if (!existsSync(dir)) {
-    const tmp = `${dir}.tmp`;
-    unmountUnder(tmp);
-    await rm(tmp, { recursive: true, force: true });
-    await mkdir(tmp, { recursive: true });
-    console.log(`# debootstrap --variant=${ROOTFS.variant} --include=${ROOTFS.packages.join(',')} ${ROOTFS.suite} ${tmp}/rootfs ${ROOTFS.mirror}`);
-    try {
-      await exec(['debootstrap', `--variant=${ROOTFS.variant}`, `--include=${ROOTFS.packages.join(',')}`, ROOTFS.suite, join(tmp, 'rootfs'), ROOTFS.mirror]);
-      await exec(['sh', '-c', `rm -rf "${tmp}"/rootfs/var/lib/apt/lists/* "${tmp}"/rootfs/var/cache/apt/*`]);
-    } finally {
-      unmountUnder(tmp);
-    }
-    await rename(tmp, dir);
-  }
-  return join(dir, 'rootfs');
-}
-
-/** Writes the layer tars (plain, for the baseline and the image) and the OCI image. */
-async function buildImage(root: string, dir: string): Promise<{ layout: string; tars: string[] }> {
-  const layout = await OciLayout.openOrCreate(join(dir, 'src'));
-  const tars: string[] = [];
-  const descs: Descriptor[] = [];
-  const diffIds: string[] = [];
-  for (const [i, l] of LAYERS.entries()) {
-    const tar = join(dir, `layer-${i}.tar`);
-    const parents = new Set<string>();
-    for (const p of l.paths) {
-      const parts = p.split('/');
-      for (let j = 2; j < parts.length; j++) parents.add(parts.slice(0, j).join('/'));
-    }
-    parents.delete('.');
-    await exec(['tar', '--create', '--file', tar, '--numeric-owner', '--xattrs', '--xattrs-include=*', '--sort=name', '--directory', root, ...(l.exclude ?? []).map((x) => `--exclude=${x}`), '--no-recursion', ...[...parents].sort(), '--recursion', ...l.paths]);
-    diffIds.push(await sha256File(tar));
-    let blob = tar;
-    if (COMPRESSION === 'gzip') {
-      await exec(['sh', '-c', `gzip -6 -n -c "${tar}" > "${tar}.gz"`]);
-      blob = `${tar}.gz`;
-    }
-    const digest = await sha256File(blob);
-    await layout.importBlobFile(blob, digest);
-    descs.push({ mediaType: COMPRESSION === 'gzip' ? MEDIA_TYPES.ociLayerGzip : MEDIA_TYPES.ociLayerTar, digest, size: statSync(blob).size });
-    tars.push(blob);
-  }
-  const config = new TextEncoder().encode(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: diffIds } }));
-  const configDigest = await layout.writeBlob(config);
-  const manifest = new TextEncoder().encode(
-    JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociManifest, config: { mediaType: MEDIA_TYPES.ociConfig, digest: configDigest, size: config.length }, layers: descs }),
-  );
-  const digest = await layout.writeBlob(manifest);
-  await layout.tag({ mediaType: MEDIA_TYPES.ociManifest, digest, size: manifest.length }, 'bench');
-  return { layout: join(dir, 'src'), tars };
 }
 
 /** mkfs + mount + tar -x of every layer + umount on a plain loop device. */
@@ -178,7 +85,7 @@ async function ours(dir: string, layout: string, round: number): Promise<{ total
   const at = new Map<string, number>();
   const t1 = performance.now();
   try {
-    const child = spawn(OBD[0] as string, [...OBD.slice(1), 'convert', `oci:${layout}:bench`, `oci:${out}:bench`, '--work-dir', join(dir, 'work'), '--no-db', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(OBD[0] as string, [...OBD.slice(1), 'convert', `oci:${layout}:oci`, `oci:${out}:bench`, '--work-dir', join(dir, 'work'), '--no-db', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     for await (const line of createInterface({ input: child.stdout })) {
@@ -202,11 +109,11 @@ async function ours(dir: string, layout: string, round: number): Promise<{ total
 
 const dir = mkdtempSync('/var/tmp/obd-bench-convert-');
 try {
-  const root = await rootfs();
+  const { rootfs: root, layout } = await benchOciImage({ cacheDir: CACHE_DIR, rootfs: ROOTFS, layers: LAYERS, compression: COMPRESSION, log: (line) => console.log(`# ${line}`) });
+  const tars = await layerBlobFiles(layout, 'oci');
   const bytes = treeBytes(root);
   console.log(`rootfs: debootstrap ${ROOTFS.variant} + ${ROOTFS.packages.join(', ')}: ${(bytes / 1e6).toFixed(0)} MB in regular files`);
   if (bytes < MIN_BYTES) throw new Error(`Cannot run bench/convert: the rootfs holds ${bytes} bytes, less than ${MIN_BYTES}`);
-  const { layout, tars } = await buildImage(root, dir);
   console.log(`image: ${tars.length} ${COMPRESSION} layers: ${tars.map((t) => `${(statSync(t).size / 2 ** 20).toFixed(1)} MiB`).join(', ')}`);
 
   await ensureBuilt((line) => console.log(`# ${line}`));

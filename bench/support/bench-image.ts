@@ -1,5 +1,5 @@
 /**
- * The cold-start benchmark's images, built once and cached under a directory keyed by
+ * The benchmarks' images (cold-start, convert), built once and cached under a directory keyed by
  * their inputs (reruns skip every step whose inputs did not change):
  *
  * 1. `rootfs-<key>`: a Debian rootfs by `debootstrap --variant=minbase --include=PKGS`
@@ -51,6 +51,19 @@ export interface BenchImages {
   obdLayerBytes: number;
 }
 
+/** The benches' image: Debian bookworm minbase with `packages` (default python3, pip, numpy: 242 MB). */
+export function pythonRootfs(packages = 'python3,python3-pip,python3-numpy'): RootfsSpec {
+  return { suite: 'bookworm', variant: 'minbase', packages: packages.split(','), mirror: 'http://deb.debian.org/debian' };
+}
+
+const PYTHON_PATHS = ['./usr/lib/python3', './usr/lib/python3.11', './usr/share/python3'];
+/** Its layers bottom-up, as a Dockerfile would stack them: base system, shared data, the Python stack. */
+export const PYTHON_LAYERS: LayerSpec[] = [
+  { paths: ['.'], exclude: ['./dev/*', './proc/*', './sys/*', './run/*', './tmp/*', './usr/share/*', ...PYTHON_PATHS] },
+  { paths: ['./usr/share'], exclude: PYTHON_PATHS },
+  { paths: PYTHON_PATHS },
+];
+
 const key = (x: unknown): string => createHash('sha256').update(JSON.stringify(x)).digest('hex').slice(0, 16);
 
 function run(argv: string[], o: { timeoutMs: number; cwd?: string }): Promise<string> {
@@ -66,7 +79,7 @@ function run(argv: string[], o: { timeoutMs: number; cwd?: string }): Promise<st
  * Unmounts whatever is mounted under `dir` (debootstrap mounts /proc and may bind /dev
  * into its target; removing the tree with those mounted would reach the host's).
  */
-function unmountUnder(dir: string): void {
+export function unmountUnder(dir: string): void {
   const mounts = readFileSync('/proc/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '');
   for (const mp of mounts.reverse()) {
     if (mp.startsWith(`${dir}/`)) spawnSync('umount', ['-l', mp], { timeout: 10_000 });
@@ -93,7 +106,7 @@ async function cached(dir: string, build: (tmp: string) => Promise<void>): Promi
 }
 
 /** Apparent bytes of the regular files under `dir`, not following symlinks. */
-function treeBytes(dir: string): number {
+export function treeBytes(dir: string): number {
   let n = 0;
   const walk = (d: string): void => {
     for (const e of readdirSync(d, { withFileTypes: true })) {
@@ -120,16 +133,21 @@ function sourceKey(root: string, folders: string[]): string {
   return h.digest('hex').slice(0, 16);
 }
 
-async function layerBytes(layoutDir: string, tag: string): Promise<number> {
+async function layerDescriptors(layoutDir: string, tag: string): Promise<Descriptor[]> {
   const index = JSON.parse(await readFile(join(layoutDir, 'index.json'), 'utf8')) as { manifests: Array<Descriptor & { annotations?: Record<string, string> }> };
   const desc = index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag);
   if (desc === undefined) throw new Error(`Cannot read OCI layout ${layoutDir}: no tag ${tag}`);
   const [, hex] = desc.digest.split(':');
   const manifest = JSON.parse(await readFile(join(layoutDir, 'blobs', 'sha256', hex as string), 'utf8')) as { layers: Descriptor[] };
-  return manifest.layers.reduce((s, l) => s + l.size, 0);
+  return manifest.layers;
 }
 
-async function writeOciImage(tmp: string, rootfs: string, layers: LayerSpec[]): Promise<void> {
+async function layerBytes(layoutDir: string, tag: string): Promise<number> {
+  return (await layerDescriptors(layoutDir, tag)).reduce((s, l) => s + l.size, 0);
+}
+
+async function writeOciImage(tmp: string, rootfs: string, o: { layers: LayerSpec[]; compression: 'gzip' | 'none' }): Promise<void> {
+  const layers = o.layers;
   const layout = await OciLayout.openOrCreate(tmp);
   const descs: Descriptor[] = [];
   const diffIds: string[] = [];
@@ -151,10 +169,12 @@ async function writeOciImage(tmp: string, rootfs: string, layers: LayerSpec[]): 
       { timeoutMs: 600_000 },
     );
     diffIds.push(`sha256:${(await run(['sha256sum', tar], { timeoutMs: 300_000 })).split(' ')[0]}`);
-    await run(['gzip', '-6', '-n', tar], { timeoutMs: 600_000 });
-    const blob = new Uint8Array(await readFile(`${tar}.gz`));
-    await rm(`${tar}.gz`);
-    descs.push({ mediaType: MEDIA_TYPES.ociLayerGzip, digest: await layout.writeBlob(blob), size: blob.length });
+    const gzip = o.compression === 'gzip';
+    if (gzip) await run(['gzip', '-6', '-n', tar], { timeoutMs: 600_000 });
+    const file = gzip ? `${tar}.gz` : tar;
+    const blob = new Uint8Array(await readFile(file));
+    await rm(file);
+    descs.push({ mediaType: gzip ? MEDIA_TYPES.ociLayerGzip : MEDIA_TYPES.ociLayerTar, digest: await layout.writeBlob(blob), size: blob.length });
   }
   const config = new TextEncoder().encode(
     JSON.stringify({
@@ -179,14 +199,10 @@ async function writeOciImage(tmp: string, rootfs: string, layers: LayerSpec[]): 
   await layout.tag({ mediaType: MEDIA_TYPES.ociManifest, digest, size: manifest.length }, 'oci');
 }
 
-/**
- * Builds (or finds cached) the rootfs, the OCI image and its overlaybd conversion.
- * `obd` is the argv prefix that runs our CLI (e.g. `['node', 'dist/src/cli/bin/obd.js']`).
- */
-export async function benchImages(o: { cacheDir: string; repoRoot: string; rootfs: RootfsSpec; layers: LayerSpec[]; obd: string[]; log: (line: string) => void }): Promise<BenchImages> {
+/** The debootstrap rootfs of `rootfs` (cached); returns its directory. */
+export async function benchRootfs(o: { cacheDir: string; rootfs: RootfsSpec; log: (line: string) => void }): Promise<string> {
   await mkdir(o.cacheDir, { recursive: true });
-  const rootKey = key(o.rootfs);
-  const rootfs = await cached(join(o.cacheDir, `rootfs-${rootKey}`), async (tmp) => {
+  const dir = await cached(join(o.cacheDir, `rootfs-${key(o.rootfs)}`), async (tmp) => {
     o.log(`building the rootfs with debootstrap (${o.rootfs.packages.join(', ')}) into ${tmp}`);
     await run(
       ['debootstrap', `--variant=${o.rootfs.variant}`, `--include=${o.rootfs.packages.join(',')}`, o.rootfs.suite, join(tmp, 'rootfs'), o.rootfs.mirror],
@@ -195,11 +211,38 @@ export async function benchImages(o: { cacheDir: string; repoRoot: string; rootf
     // What docker images of Debian drop: package lists and the apt cache.
     await run(['sh', '-c', `rm -rf "${tmp}"/rootfs/var/lib/apt/lists/* "${tmp}"/rootfs/var/cache/apt/*`], { timeoutMs: 60_000 });
   });
-  const ociKey = key({ rootKey, layers: o.layers, v: 1 });
-  const oci = await cached(join(o.cacheDir, `oci-${ociKey}`), async (tmp) => {
-    o.log(`writing the OCI image (${o.layers.length} gzip layers) into ${tmp}`);
-    await writeOciImage(tmp, join(rootfs, 'rootfs'), o.layers);
+  return join(dir, 'rootfs');
+}
+
+/** The OCI image of the rootfs split into `layers` (cached layout, tag `oci`); its key for what derives from it. */
+export async function benchOciImage(o: {
+  cacheDir: string;
+  rootfs: RootfsSpec;
+  layers: LayerSpec[];
+  compression?: 'gzip' | 'none';
+  log: (line: string) => void;
+}): Promise<{ rootfs: string; layout: string; key: string }> {
+  const rootfs = await benchRootfs(o);
+  const compression = o.compression ?? 'gzip';
+  const ociKey = key({ rootKey: key(o.rootfs), layers: o.layers, v: 1, ...(compression === 'gzip' ? {} : { compression }) });
+  const layout = await cached(join(o.cacheDir, `oci-${ociKey}`), async (tmp) => {
+    o.log(`writing the OCI image (${o.layers.length} ${compression} layers) into ${tmp}`);
+    await writeOciImage(tmp, rootfs, { layers: o.layers, compression });
   });
+  return { rootfs, layout, key: ociKey };
+}
+
+/** The layer blob files of the image tagged `tag` in a layout, bottom first. */
+export async function layerBlobFiles(layoutDir: string, tag: string): Promise<string[]> {
+  return (await layerDescriptors(layoutDir, tag)).map((l) => join(layoutDir, 'blobs', 'sha256', l.digest.slice(7)));
+}
+
+/**
+ * Builds (or finds cached) the rootfs, the OCI image and its overlaybd conversion.
+ * `obd` is the argv prefix that runs our CLI (e.g. `['node', 'dist/src/cli/bin/obd.js']`).
+ */
+export async function benchImages(o: { cacheDir: string; repoRoot: string; rootfs: RootfsSpec; layers: LayerSpec[]; obd: string[]; log: (line: string) => void }): Promise<BenchImages> {
+  const { rootfs, layout: oci, key: ociKey } = await benchOciImage(o);
   const obdKey = key({ ociKey, convertor: sourceKey(o.repoRoot, ['src/convert', 'src/formats', 'src/image']) });
   const obd = await cached(join(o.cacheDir, `obd-${obdKey}`), async (tmp) => {
     // Conversions by older convertor sources are never used again: keep one.
@@ -211,8 +254,8 @@ export async function benchImages(o: { cacheDir: string; repoRoot: string; rootf
     await rm(join(tmp, 'work'), { recursive: true, force: true });
   });
   return {
-    rootfs: join(rootfs, 'rootfs'),
-    rootfsBytes: treeBytes(join(rootfs, 'rootfs')),
+    rootfs,
+    rootfsBytes: treeBytes(rootfs),
     oci,
     ociLayerBytes: await layerBytes(oci, 'oci'),
     obd,
