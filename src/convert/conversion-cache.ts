@@ -76,3 +76,45 @@ export function preferLocation(rows: CachedLayer[], prefer?: Pick<BlobLocation, 
   const same = (r: CachedLayer): boolean => r.host === prefer.host && r.repo === prefer.repo;
   return [...rows.filter(same), ...rows.filter((r) => !same(r))];
 }
+
+/**
+ * The layer table both backends keep, in one definition: `int64` is the dialect's 64-bit
+ * integer (`BIGINT` in PostgreSQL, `INTEGER` in SQLite).
+ */
+export function layerTableSql(int64: 'BIGINT' | 'INTEGER'): string {
+  return `
+CREATE TABLE IF NOT EXISTS overlaybd_layers (
+  host          TEXT NOT NULL,
+  repo          TEXT NOT NULL,
+  chain_id      TEXT NOT NULL,
+  recipe        TEXT NOT NULL,
+  parent_digest TEXT NOT NULL,
+  url           TEXT NOT NULL,
+  data_digest   TEXT NOT NULL,
+  data_size     ${int64} NOT NULL,
+  created       ${int64} NOT NULL,
+  PRIMARY KEY (host, repo, chain_id, recipe, parent_digest)
+);
+CREATE INDEX IF NOT EXISTS index_chain_id ON overlaybd_layers (chain_id, recipe, parent_digest);
+`;
+}
+
+/** The columns a lookup selects (`data_size` as the driver returns a 64-bit integer). */
+export interface LayerRow {
+  host: string;
+  repo: string;
+  url: string;
+  chain_id: string;
+  recipe: string;
+  parent_digest: string;
+  data_digest: string;
+  data_size: number | string;
+}
+
+/** The SELECT list of {@link LayerRow}. */
+export const LAYER_COLUMNS = 'host, repo, url, chain_id, recipe, parent_digest, data_digest, data_size';
+
+/** A selected row as the contract's {@link CachedLayer}. */
+export function layerFromRow(r: LayerRow): CachedLayer {
+  return { host: r.host, repo: r.repo, url: r.url, chainId: r.chain_id, recipe: r.recipe, parentDigest: r.parent_digest, digest: r.data_digest, size: Number(r.data_size) };
+}

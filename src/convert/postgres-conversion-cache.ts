@@ -18,37 +18,13 @@
  */
 import pg from 'pg';
 import { FailedPreconditionError } from '../io/errors.ts';
-import { preferLocation, type CachedLayer, type ConversionCache, type ConversionKey } from './conversion-cache.ts';
+import { LAYER_COLUMNS, layerFromRow, layerTableSql, preferLocation, type CachedLayer, type ConversionCache, type ConversionKey, type LayerRow } from './conversion-cache.ts';
 
-interface Row {
-  host: string;
-  repo: string;
-  url: string;
-  chain_id: string;
-  recipe: string;
-  parent_digest: string;
-  data_digest: string;
-  data_size: string;
-}
 
 /** Advisory lock key of the schema creation ("obdconv" in ASCII). */
 const SCHEMA_LOCK = 0x6f6264636f6e76;
 
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS overlaybd_layers (
-  host          TEXT   NOT NULL,
-  repo          TEXT   NOT NULL,
-  chain_id      TEXT   NOT NULL,
-  recipe        TEXT   NOT NULL,
-  parent_digest TEXT   NOT NULL,
-  url           TEXT   NOT NULL,
-  data_digest   TEXT   NOT NULL,
-  data_size     BIGINT NOT NULL,
-  created       BIGINT NOT NULL,
-  PRIMARY KEY (host, repo, chain_id, recipe, parent_digest)
-);
-CREATE INDEX IF NOT EXISTS index_chain_id ON overlaybd_layers (chain_id, recipe, parent_digest);
-`;
+const SCHEMA = layerTableSql('BIGINT');
 
 /** The connection string with any password replaced, for messages. */
 function redact(connectionString: string): string {
@@ -101,21 +77,12 @@ export class PostgresConversionCache implements ConversionCache {
   }
 
   async find(key: ConversionKey, prefer?: Parameters<ConversionCache['find']>[1]): Promise<CachedLayer[]> {
-    const r = await this.#query<Row>(
+    const r = await this.#query<LayerRow>(
       'look up a layer',
-      'SELECT host, repo, url, chain_id, recipe, parent_digest, data_digest, data_size FROM overlaybd_layers WHERE chain_id = $1 AND recipe = $2 AND parent_digest = $3 ORDER BY created DESC',
+      `SELECT ${LAYER_COLUMNS} FROM overlaybd_layers WHERE chain_id = $1 AND recipe = $2 AND parent_digest = $3 ORDER BY created DESC`,
       [key.chainId, key.recipe, key.parentDigest],
     );
-    const rows = r.rows.map((x) => ({
-      host: x.host,
-      repo: x.repo,
-      url: x.url,
-      chainId: x.chain_id,
-      recipe: x.recipe,
-      parentDigest: x.parent_digest,
-      digest: x.data_digest,
-      size: Number(x.data_size),
-    }));
+    const rows = r.rows.map(layerFromRow);
     return preferLocation(rows, prefer);
   }
 

@@ -16,34 +16,10 @@ import type { Database as DB } from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { FailedPreconditionError } from '../io/errors.ts';
-import { preferLocation, type CachedLayer, type ConversionCache, type ConversionKey } from './conversion-cache.ts';
+import { LAYER_COLUMNS, layerFromRow, layerTableSql, preferLocation, type CachedLayer, type ConversionCache, type ConversionKey, type LayerRow } from './conversion-cache.ts';
 
-interface Row {
-  host: string;
-  repo: string;
-  url: string;
-  chain_id: string;
-  recipe: string;
-  parent_digest: string;
-  data_digest: string;
-  data_size: number;
-}
 
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS overlaybd_layers (
-  host        TEXT    NOT NULL,
-  repo        TEXT    NOT NULL,
-  chain_id    TEXT    NOT NULL,
-  recipe      TEXT    NOT NULL,
-  parent_digest TEXT  NOT NULL,
-  url         TEXT    NOT NULL,
-  data_digest TEXT    NOT NULL,
-  data_size   INTEGER NOT NULL,
-  created     INTEGER NOT NULL,
-  PRIMARY KEY (host, repo, chain_id, recipe, parent_digest)
-);
-CREATE INDEX IF NOT EXISTS index_chain_id ON overlaybd_layers (chain_id, recipe, parent_digest);
-`;
+const SCHEMA = layerTableSql('INTEGER');
 
 /** The conversion cache in an embedded SQLite file (WAL; one machine, many processes). */
 export class SqliteConversionCache implements ConversionCache {
@@ -70,19 +46,10 @@ export class SqliteConversionCache implements ConversionCache {
   async find(key: ConversionKey, prefer?: Parameters<ConversionCache['find']>[1]): Promise<CachedLayer[]> {
     const rows = this.#db
       .prepare(
-        'SELECT host, repo, url, chain_id, recipe, parent_digest, data_digest, data_size FROM overlaybd_layers WHERE chain_id = ? AND recipe = ? AND parent_digest = ? ORDER BY created DESC',
+        `SELECT ${LAYER_COLUMNS} FROM overlaybd_layers WHERE chain_id = ? AND recipe = ? AND parent_digest = ? ORDER BY created DESC`,
       )
-      .all(key.chainId, key.recipe, key.parentDigest) as Row[];
-    const out = rows.map((r) => ({
-      host: r.host,
-      repo: r.repo,
-      url: r.url,
-      chainId: r.chain_id,
-      recipe: r.recipe,
-      parentDigest: r.parent_digest,
-      digest: r.data_digest,
-      size: r.data_size,
-    }));
+      .all(key.chainId, key.recipe, key.parentDigest) as LayerRow[];
+    const out = rows.map(layerFromRow);
     return preferLocation(out, prefer);
   }
 
