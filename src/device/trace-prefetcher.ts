@@ -109,6 +109,15 @@ export interface ReplayStats {
   stopped: boolean;
 }
 
+/** The trace file of `cfg`: the acceleration layer's `trace`, else `recordTracePath`; undefined when none. */
+function tracePath(cfg: DeviceConfig): string | undefined {
+  if (cfg.accelerationLayer) {
+    const last = cfg.lowers.at(-1);
+    return last === undefined || last.dir === '' ? undefined : join(last.dir, 'trace');
+  }
+  return cfg.recordTracePath !== '' ? cfg.recordTracePath : undefined;
+}
+
 async function fileSize(path: string): Promise<number | undefined> {
   const s = await stat(path).catch(() => undefined);
   return s?.isFile() === true ? s.size : undefined;
@@ -185,16 +194,8 @@ export class TracePrefetcher {
     if (cfg.accelerationLayer && cfg.recordTracePath !== '') {
       throw new InvalidArgumentError('Cannot open device: accelerationLayer and recordTracePath are both set');
     }
-    let path: string;
-    if (cfg.accelerationLayer) {
-      const last = cfg.lowers.at(-1);
-      if (last === undefined || last.dir === '') return undefined;
-      path = join(last.dir, 'trace');
-    } else if (cfg.recordTracePath !== '') {
-      path = cfg.recordTracePath;
-    } else {
-      return undefined;
-    }
+    const path = tracePath(cfg);
+    if (path === undefined) return undefined;
     const size = await fileSize(path);
     if (size === undefined) return undefined;
     if (size === 0) {
@@ -355,16 +356,8 @@ export const REPLAY_REFILL_SIZE = 16 << 10;
  * {@link REPLAY_REFILL_SIZE} and no readahead; else none (the reader defaults).
  */
 export async function replayReaderSettings(cfg: DeviceConfig): Promise<{ refillSize?: number; readaheadBytes?: number }> {
-  let path: string;
-  if (cfg.accelerationLayer) {
-    const last = cfg.lowers.at(-1);
-    if (last === undefined || last.dir === '') return {};
-    path = join(last.dir, 'trace');
-  } else if (cfg.recordTracePath !== '') {
-    path = cfg.recordTracePath;
-  } else {
-    return {};
-  }
+  const path = tracePath(cfg);
+  if (path === undefined) return {};
   return ((await fileSize(path)) ?? 0) > 0 ? { refillSize: REPLAY_REFILL_SIZE, readaheadBytes: 0 } : {};
 }
 
