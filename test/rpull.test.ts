@@ -28,7 +28,7 @@ import { listSessions } from '../src/attach/session.ts';
 import { startRegistry, type TestRegistry } from './support/registry.ts';
 import { FaultProxy } from './fakes/fault-proxy.ts';
 import { FIXTURES } from './support/shared.ts';
-import { alive, sleep, spawnContainerd, stopContainerd } from './support/containerd-process.ts';
+import { alive, spawnContainerd, stopContainerd, stopSessions } from './support/containerd-process.ts';
 import { OciLayout } from '../src/image/oci-layout.ts';
 import { addAccelerationLayer } from '../src/convert/acceleration-layer.ts';
 import { encodeTrace } from '../src/device/trace-file.ts';
@@ -197,17 +197,9 @@ after(async () => {
     await daemonDone;
   });
   // Sessions: SIGTERM lets each tear down its mount, loop device and FUSE connection.
-  const pids = new Set<number>();
+  let pids: number[] = [];
   await tidy('sessions', async () => {
-    for (const s of await listSessions(runDir)) {
-      pids.add(s.pid);
-      try {
-        process.kill(s.pid, 'SIGTERM');
-      } catch {
-        // gone
-      }
-    }
-    for (let i = 0; i < 150 && [...pids].some(alive); i++) await sleep(100);
+    pids = await stopSessions(runDir);
   });
   await tidy('mounts', async () => {
     for (const line of readFileSync('/proc/mounts', 'utf8').split('\n').reverse()) {

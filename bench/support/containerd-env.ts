@@ -14,8 +14,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { listSessions } from '../../src/attach/session.ts';
-import { alive, sh, sleep, spawnContainerd, stopContainerd } from '../../test/support/containerd-process.ts';
+import { alive, sh, sleep, spawnContainerd, stopContainerd, stopSessions } from '../../test/support/containerd-process.ts';
 
 /** containerd 1.6 puts shim sockets in /run/containerd/s whatever its config says. */
 const RUN_DIR = '/run/containerd';
@@ -185,17 +184,9 @@ export class ContainerdEnv {
     for (const pid of this.#shimPids()) await tidy(`shim ${pid}`, async () => process.kill(pid, 'SIGKILL'));
     await tidy('daemon', () => this.#killGroup(this.#daemon));
     // Sessions: SIGTERM lets each tear down its mount, loop device and FUSE connection.
-    const pids = new Set<number>();
+    let pids: number[] = [];
     await tidy('sessions', async () => {
-      for (const s of await listSessions(this.runDir)) {
-        pids.add(s.pid);
-        try {
-          process.kill(s.pid, 'SIGTERM');
-        } catch {
-          // gone
-        }
-      }
-      for (let i = 0; i < 150 && [...pids].some(alive); i++) await sleep(100);
+      pids = await stopSessions(this.runDir);
     });
     await tidy('mounts', async () => {
       // Ours, and ctr's temporary rootfs mounts (/tmp/containerd-mount*) over our snapshots

@@ -2,12 +2,13 @@
  * A private containerd 1.6 for tests and benches: its config (root, state and sockets in
  * `dir`, CRI disabled, optionally our snapshotter as proxy plugin `overlaybd`) and the
  * process, in a process group of its own so a teardown can signal all of it; with the
- * small process helpers both environments use (`sh`, `alive`, `sleep`).
+ * small process helpers both environments use (`sh`, `alive`, `sleep`, `stopSessions`).
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { listSessions } from '../../src/attach/session.ts';
 
 /** Runs a program; rejects with its stderr on failure or after `timeoutMs` (then SIGKILLed). */
 export function sh(argv: string[], timeoutMs = 120_000): Promise<string> {
@@ -30,6 +31,24 @@ export function alive(pid: number): boolean {
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * SIGTERMs every `obd attach` session recorded under `runDir` (each tears down its mount,
+ * loop device and FUSE connection) and waits up to 15 s for them; returns their pids
+ * (for a SIGKILL once the mounts are cleaned).
+ */
+export async function stopSessions(runDir: string): Promise<number[]> {
+  const pids = (await listSessions(runDir)).map((s) => s.pid);
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      // gone
+    }
+  }
+  for (let i = 0; i < 150 && pids.some(alive); i++) await sleep(100);
+  return pids;
+}
 
 /** Options of {@link spawnContainerd}. */
 export interface SpawnContainerdOptions {
