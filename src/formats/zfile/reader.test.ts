@@ -457,6 +457,20 @@ test('ZFileReader gives up after 3 retries when the block stays corrupt', async 
   assert.deepEqual(flaky.evictions[0], [offset, length]);
 });
 
+test('ZFileReader.open rereads a jump table that fails its CRC through Evictable, and gives up after 3 retries', async () => {
+  const data = mixed(20000, 4);
+  const z = await compress(data, {});
+  // A byte of the jump table: right before the 512-byte trailer.
+  const inTable = z.length - 512 - 3;
+  const flaky = new FlakyReader(z, inTable, 1);
+  const r = await ZFileReader.open(flaky);
+  assert.deepEqual(await readAll(r), data);
+  assert.deepEqual(flaky.evictions, [[0, z.length]]);
+  const broken = new FlakyReader(z, inTable, Infinity);
+  await assert.rejects(ZFileReader.open(broken), /jump table CRC/);
+  assert.equal(broken.evictions.length, 3);
+});
+
 test('isZFile() tells ZFiles from plain blobs', async () => {
   assert.equal(await isZFile(new MemoryReader(new Uint8Array(100))), false);
   assert.equal(await isZFile(new MemoryReader(file(vector('lsmt', 'L1.commit')))), false);

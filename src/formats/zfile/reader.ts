@@ -112,10 +112,24 @@ export class ZFileReader implements BlobReader {
 
   /**
    * Opens a ZFile per zfile.md §7.1. Throws `DataCorruptionError` when the bytes are not
-   * a valid ZFile and `UnsupportedError` for unsupported options (algorithm, block size).
+   * a valid ZFile (after evicting an evictable source's copies and reading again, up to
+   * 3 times) and `UnsupportedError` for unsupported options (algorithm, block size).
    * The source is not closed on failure.
    */
   static async open(reader: BlobReader, options: ZFileOpenOptions = {}): Promise<ZFileReader> {
+    // Metadata that fails its checks may be a bad copy (a flipped bit on the wire, kept
+    // by a cache): drop the cached copies and read again, as for a block (§4.3).
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await ZFileReader.#open(reader, options);
+      } catch (e) {
+        if (!(e instanceof DataCorruptionError) || attempt >= MAX_RETRIES || !isEvictable(reader)) throw e;
+        await reader.evict(0, reader.size);
+      }
+    }
+  }
+
+  static async #open(reader: BlobReader, options: ZFileOpenOptions): Promise<ZFileReader> {
     const name = options.name ?? 'ZFile';
     const fileSize = reader.size;
     if (fileSize < ZFILE_HEADER_SIZE) {
