@@ -54,7 +54,6 @@ import type { CredentialProvider } from './credentials.ts';
 import { checkDigest, digestOf, hasherFor } from './digest.ts';
 import { DigestVerifier } from './digest-verifier.ts';
 import { errorFromResponse, isTemporary } from './errors.ts';
-import { createFetchTransport } from './fetch-transport.ts';
 import { withInstrumentation } from './instrumentation.ts';
 import { isIndexMediaType, MANIFEST_ACCEPT, manifestMediaType } from './media-types.ts';
 import { createNodeTransport } from './node-transport.ts';
@@ -223,7 +222,6 @@ export class RegistryClient {
   readonly #send: HttpTransport;
   /** The stack without auth and retry, for scheme probes. */
   readonly #probe: HttpTransport;
-  readonly #fetch = createFetchTransport();
   readonly #nodeTransports = new Map<string, ClosableTransport>();
   readonly #schemes = new Map<string, Promise<'http' | 'https'>>();
   readonly #locations = new Map<string, BlobLocation>();
@@ -237,16 +235,23 @@ export class RegistryClient {
     this.#send = withAuth(withRetry(timed, options.retry), options.credentials === undefined ? {} : { credentials: options.credentials });
   }
 
-  /** Picks fetch, or node:https for hosts with TLS settings. */
+  /**
+   * The `node:http(s)` transport for the request's host: one shared pool, and one per
+   * host with TLS settings. Not `fetch`: on range reads it spends 30–40% less CPU per
+   * request, and much less in a fresh process, where undici's code is not yet compiled
+   * (300 reads of 16 KiB, 8 in flight, cold: 790 ms CPU with fetch, 305 ms here); a
+   * container start on a small machine is CPU-bound (bench/cold-start).
+   */
   #wire(request: HttpRequest): Promise<HttpResponse> {
     const host = request.url.host;
     const tls = this.#options.tls?.[host];
     const insecure = this.#options.insecure?.includes(host) === true;
-    if (request.url.protocol !== 'https:' || (tls === undefined && !insecure)) return this.#fetch(request);
-    let t = this.#nodeTransports.get(host);
+    const own = request.url.protocol === 'https:' && (tls !== undefined || insecure);
+    const key = own ? host : '';
+    let t = this.#nodeTransports.get(key);
     if (t === undefined) {
-      t = createNodeTransport({ ...tls, ...(insecure ? { insecure: true } : {}) });
-      this.#nodeTransports.set(host, t);
+      t = createNodeTransport(own ? { ...tls, ...(insecure ? { insecure: true } : {}) } : {});
+      this.#nodeTransports.set(key, t);
     }
     return t.transport(request);
   }
