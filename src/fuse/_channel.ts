@@ -63,6 +63,23 @@ export interface WorkerInit {
   alignment: number;
 }
 
+/** `workerData` of a parked reader: started ahead of need, it waits for a {@link ReaderAssignment}. */
+export interface WorkerParked {
+  parked: true;
+}
+
+export type WorkerData = WorkerInit | WorkerParked;
+
+export function isParked(data: WorkerData): data is WorkerParked {
+  return (data as Partial<WorkerParked>).parked === true;
+}
+
+/** Serving thread → parked reader, once: what to serve. */
+export interface ReaderAssignment {
+  t: 'assign';
+  init: WorkerInit;
+}
+
 /** Worker → serving thread. A bare number is "slot N has a device request pending". */
 export type WorkerMessage =
   | number

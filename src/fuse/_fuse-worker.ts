@@ -10,6 +10,9 @@
  * `pread`), so awaiting them only runs microtasks; if the copy cannot be opened, READ
  * goes to the serving thread like everything else.
  *
+ * A parked reader (workerData `{ parked: true }`, see `prepareFuseReaders`) boots with
+ * nothing to serve and takes its `WorkerInit` from the serving thread's first message.
+ *
  * Exit: ENODEV from read or write (unmounted or aborted), or the shared STOP flag while
  * waiting for the mount (reads fail with EPERM until it attaches) or for the serving
  * thread.
@@ -21,7 +24,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { constants } from 'node:os';
 import type { BlockDevice } from '../io/block-device.ts';
 import { CTL_F64_AT, Ctl, CtlF64, Shared, SlotState } from './_channel.ts';
-import type { WorkerInit, WorkerMessage } from './_channel.ts';
+import { isParked } from './_channel.ts';
+import type { ReaderAssignment, WorkerData, WorkerInit, WorkerMessage } from './_channel.ts';
 import { AlignedAccess } from './_aligned-access.ts';
 import { errnoFor } from './_errno.ts';
 import { DeviceOpCode, FuseRequestHandler } from './request-handler.ts';
@@ -32,18 +36,19 @@ const E = constants.errno;
 const MOUNT_POLL_MS = 2;
 const SERVE_POLL_MS = 200;
 
-const init = workerData as WorkerInit;
 const port = parentPort;
 if (port === null) throw new TypeError('Cannot start the FUSE reader: not running in a worker thread');
 
 const post = (m: WorkerMessage): void => port.postMessage(m);
-const slot = new Uint8Array(init.slot);
-const slotView = viewOf(slot);
-const ctl = new Int32Array(init.ctl, 0, 4);
-const ctlF64 = new Float64Array(init.ctl, CTL_F64_AT, 2);
-const shared = new Int32Array(init.shared);
 const nap = new Int32Array(new SharedArrayBuffer(4));
-const handler = new FuseRequestHandler(init.config, init.initialized !== undefined ? { negotiated: init.initialized } : {});
+// Set by begin(): from workerData, or from the serving thread's first message when parked.
+let init!: WorkerInit;
+let slot!: Uint8Array;
+let slotView!: DataView;
+let ctl!: Int32Array;
+let ctlF64!: Float64Array;
+let shared!: Int32Array;
+let handler!: FuseRequestHandler;
 
 function stopped(): boolean {
   return Atomics.load(shared, Shared.STOP) !== 0;
@@ -174,7 +179,20 @@ async function serve(): Promise<string> {
   }
 }
 
-serve().then(
-  (reason) => post({ t: 'exit', reason }),
-  (e: unknown) => post({ t: 'exit', reason: `failed: ${(e as Error).message}` }),
-);
+function begin(data: WorkerInit): void {
+  init = data;
+  slot = new Uint8Array(init.slot);
+  slotView = viewOf(slot);
+  ctl = new Int32Array(init.ctl, 0, 4);
+  ctlF64 = new Float64Array(init.ctl, CTL_F64_AT, 2);
+  shared = new Int32Array(init.shared);
+  handler = new FuseRequestHandler(init.config, init.initialized !== undefined ? { negotiated: init.initialized } : {});
+  serve().then(
+    (reason) => post({ t: 'exit', reason }),
+    (e: unknown) => post({ t: 'exit', reason: `failed: ${(e as Error).message}` }),
+  );
+}
+
+const data = workerData as WorkerData;
+if (isParked(data)) port.once('message', (m: ReaderAssignment) => begin(m.init));
+else begin(data);

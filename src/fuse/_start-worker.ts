@@ -15,7 +15,7 @@
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { readFile } from 'node:fs/promises';
-import type { WorkerInit } from './_channel.ts';
+import type { WorkerData } from './_channel.ts';
 
 interface Esbuild {
   build(options: Record<string, unknown>): Promise<{ outputFiles?: Array<{ text: string }> }>;
@@ -71,8 +71,8 @@ export async function prepareWorkers(): Promise<void> {
   await bundled;
 }
 
-/** Starts one reader with `workerData`. */
-export async function startWorker(workerData: WorkerInit): Promise<Worker> {
+/** Starts one reader with `workerData` (what to serve, or parked). */
+export async function startWorker(workerData: WorkerData): Promise<Worker> {
   if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./_fuse-worker.js', import.meta.url), { workerData });
   const entry = new URL('./_fuse-worker.ts', import.meta.url);
   bundled ??= bundle(fileURLToPath(entry));

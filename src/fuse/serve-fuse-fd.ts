@@ -22,6 +22,7 @@
  * ```
  */
 import { writeSync } from 'node:fs';
+import type { Worker } from 'node:worker_threads';
 import { debuglog } from 'node:util';
 import type { BlockDevice } from '../io/block-device.ts';
 import { InvalidArgumentError } from '../io/errors.ts';
@@ -30,7 +31,7 @@ import { AlignedAccess } from './_aligned-access.ts';
 import { bundleModule, prepareWorkers, startWorker } from './_start-worker.ts';
 import { NativeServer } from './_native-server.ts';
 import { CTL_BYTES, CTL_F64_AT, Ctl, CtlF64, SHARED_BYTES, Shared, SlotState } from './_channel.ts';
-import type { WorkerLocalReads, WorkerMessage } from './_channel.ts';
+import type { ReaderAssignment, WorkerInit, WorkerLocalReads, WorkerMessage } from './_channel.ts';
 import { DEFAULT_MAX_IO, FUSE_PAGE_SIZE } from './request-handler.ts';
 import type { FuseFileConfig } from './request-handler.ts';
 import { OUT_HEADER_SIZE, encodeNotifyResend, viewOf } from './protocol.ts';
@@ -43,6 +44,8 @@ const log = debuglog('obd');
  * in the page cache, so reads in flight ≤ threads; 32 matches loop at qd32 (README.md).
  */
 const NATIVE_MIN_THREADS = 32;
+/** Reader threads of a server when its options do not say. */
+export const DEFAULT_READERS = 4;
 
 /** Options of {@link serveFuseFd}. */
 export interface ServeFuseFdOptions {
@@ -219,20 +222,21 @@ class FdServer implements FuseService {
       const slot = new SharedArrayBuffer(slotBytes);
       const ctl = new SharedArrayBuffer(CTL_BYTES);
       this.#channels.push({ bytes: new Uint8Array(slot), ctl: new Int32Array(ctl, 0, 4), f64: new Float64Array(ctl, CTL_F64_AT, 2) });
+      const init: WorkerInit = {
+        fd: this.#fd,
+        index,
+        slot,
+        ctl,
+        shared,
+        config: this.#config,
+        trace: options.debug,
+        alignment: options.alignment,
+        ...(options.initialized !== undefined ? { initialized: options.initialized } : {}),
+        ...(options.localReads !== undefined ? { localReads: options.localReads } : {}),
+      };
       let worker;
       try {
-        worker = await startWorker({
-          fd: this.#fd,
-          index,
-          slot,
-          ctl,
-          shared,
-          config: this.#config,
-          trace: options.debug,
-          alignment: options.alignment,
-          ...(options.initialized !== undefined ? { initialized: options.initialized } : {}),
-          ...(options.localReads !== undefined ? { localReads: options.localReads } : {}),
-        });
+        worker = adoptParkedReader(init) ?? (await startWorker(init));
       } catch (e) {
         this.stop();
         this.#ends.add('stopped');
@@ -276,10 +280,50 @@ class FdServer implements FuseService {
 /**
  * Loads what the reader threads need ahead of time (and, from source, bundles the
  * local-reads `modules` they will load), so that a later {@link serveFuseFd} starts
- * them quickly.
+ * them quickly. With `parked: N` it also starts N reader threads that wait for a
+ * {@link serveFuseFd} of this process to adopt them: a thread's start (a V8 isolate and
+ * node's bootstrap, 0.3–0.9 s of CPU on a small machine) then lies before the device is
+ * needed, not on a container's start path.
  */
-export async function prepareFuseReaders(modules: readonly string[] = []): Promise<void> {
+export async function prepareFuseReaders(modules: readonly string[] = [], options: { parked?: number } = {}): Promise<void> {
   await Promise.all([prepareWorkers(), ...modules.map((m) => bundleModule(m))]);
+  const want = Math.min(options.parked ?? 0, 64);
+  while (parkedReaders.length < want) {
+    const worker = await startWorker({ parked: true });
+    const forget = (): void => {
+      const i = parkedReaders.indexOf(worker);
+      if (i >= 0) parkedReaders.splice(i, 1);
+    };
+    worker.on('error', (e) => log('fuse: parked reader failed: %s', e.message));
+    worker.once('exit', forget);
+    // Idle until adopted: it must not keep the process alive.
+    worker.unref();
+    parkedReaders.push(worker);
+  }
+}
+
+/** Reader threads started ahead of need by {@link prepareFuseReaders}, booting or waiting for their assignment. */
+const parkedReaders: Worker[] = [];
+
+/** How many parked reader threads wait to be adopted. */
+export function parkedReaderCount(): number {
+  return parkedReaders.length;
+}
+
+/** A parked reader, given `init` to serve; undefined when none is left. */
+function adoptParkedReader(init: WorkerInit): Worker | undefined {
+  const worker = parkedReaders.shift();
+  if (worker === undefined) return undefined;
+  worker.ref();
+  const assignment: ReaderAssignment = { t: 'assign', init };
+  worker.postMessage(assignment);
+  return worker;
+}
+
+/** Ends the parked readers nobody adopted (e.g. the native READ path serves instead). */
+export async function releaseParkedReaders(): Promise<void> {
+  const all = parkedReaders.splice(0);
+  await Promise.all(all.map((w) => w.terminate()));
 }
 
 /**
@@ -305,7 +349,7 @@ export function notifyResend(fd: number): boolean {
  * `InvalidArgumentError` for bad options; when a reader cannot start, the others stop.
  */
 export async function serveFuseFd(device: BlockDevice, options: ServeFuseFdOptions): Promise<FuseService> {
-  const workers = options.workers ?? 4;
+  const workers = options.workers ?? DEFAULT_READERS;
   if (!Number.isSafeInteger(workers) || workers < 1 || workers > 64) {
     throw new InvalidArgumentError(`Cannot serve FUSE: workers ${workers} is not between 1 and 64`);
   }
@@ -326,6 +370,7 @@ export async function serveFuseFd(device: BlockDevice, options: ServeFuseFdOptio
       const server = new NativeServer(device, { fd: options.fd, config: options.config, alignment, initialized: options.initialized, debug: options.debug ?? false });
       try {
         server.prepare(extents);
+        await releaseParkedReaders();
         // Before any reader runs: the kernel requeues what a dead server had read.
         if (options.resend === true) notifyResend(options.fd);
         server.start(Math.max(workers, NATIVE_MIN_THREADS));

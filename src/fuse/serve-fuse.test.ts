@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { serveFuse } from './serve-fuse.ts';
+import { parkedReaderCount, prepareFuseReaders, releaseParkedReaders } from './serve-fuse-fd.ts';
 import type { FuseMount, ServeFuseOptions } from './serve-fuse.ts';
 import { abortFuseConnection, findMount } from './fuse-connection.ts';
 import { MemoryBlockDevice } from '../../test/support/memory-block-device.ts';
@@ -283,4 +284,28 @@ test('bad arguments and failed mounts reject and leave no thread, fd or mount be
   for (let i = 0; i < 50 && threads() > tasks; i++) await sleep(20);
   assert.equal(threads(), tasks, 'reader threads exited');
   assert.equal(mounted(dir), false);
+});
+
+test('reader threads parked ahead of need serve the next device; the ones left over end on release', T, async () => {
+  await prepareFuseReaders([], { parked: 3 });
+  assert.equal(parkedReaderCount(), 3);
+  const dev = randomDevice(4 << 20);
+  const before = threads();
+  const m = await serve(dev, { workers: 2 });
+  assert.equal(parkedReaderCount(), 1, 'two of the three were adopted');
+  assert.equal(threads(), before, 'no reader thread was started for the mount');
+  const fh = await open(m.path, 'r');
+  try {
+    const buf = Buffer.alloc(1 << 20);
+    const { bytesRead } = await fh.read(buf, 0, buf.length, 1 << 20);
+    assert.equal(bytesRead, buf.length);
+    assert.equal(sha(buf), sha(dev.bytes.subarray(1 << 20, 2 << 20)));
+  } finally {
+    await fh.close();
+  }
+  await m.unmount();
+  await releaseParkedReaders();
+  assert.equal(parkedReaderCount(), 0);
+  for (let i = 0; i < 100 && threads() >= before; i++) await sleep(20);
+  assert.ok(threads() < before, 'the released and the serving threads have ended');
 });
