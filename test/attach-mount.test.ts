@@ -9,7 +9,7 @@
  */
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { gunzipSync } from 'node:zlib';
 import { tmpdir } from 'node:os';
@@ -20,6 +20,7 @@ import { startRegistry, type TestRegistry } from './support/registry.ts';
 import { FIXTURES, sha256, vector } from './support/shared.ts';
 import { assertFsckClean, HELLO_WORLD_FSCK_QUIRK } from './support/fsck.ts';
 import { listSessions } from '../src/attach/session.ts';
+import { sessionDeviceMounter } from '../src/cli/session-mounter.ts';
 
 const LAYOUT = `oci:${join(FIXTURES, 'hello-world-converted')}:amd64-converted`;
 const ORIGINAL_LAYER = join(FIXTURES, 'hello-world-oci', 'blobs', 'sha256', '719385e32844401d57ecfd3eacab360bf551a1491c05b85806ed8f1b08d792f6');
@@ -55,6 +56,23 @@ function originalHello(): Buffer {
     at += 512 + Math.ceil(size / 512) * 512;
   }
   throw new Error('no /hello in the original layer');
+}
+
+/** Processes started from this one's obd (pid, parent, argv), found through /proc. */
+function processes(): Array<{ pid: number; ppid: number; args: string[] }> {
+  const out: Array<{ pid: number; ppid: number; args: string[] }> = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const args = readFileSync(`/proc/${name}/cmdline`, 'latin1').split('\0');
+      if (!args.some((a) => a.endsWith('obd.ts') || a.endsWith('obd.js'))) continue;
+      const ppid = Number(/^PPid:\s+(\d+)$/m.exec(readFileSync(`/proc/${name}/status`, 'latin1'))?.[1]);
+      out.push({ pid: Number(name), ppid, args });
+    } catch {
+      // gone
+    }
+  }
+  return out;
 }
 
 function assertNothingLeft(): void {
@@ -155,6 +173,35 @@ describe('FUSE + loop', () => {
       await obd('umount', mnt, '--run-dir', runDir);
     }
     assertNothingLeft();
+  });
+
+  test('the snapshotter mounter attaches through a standby process whose serving child was started before the request', { timeout: 120_000 }, async () => {
+    const mounter = sessionDeviceMounter({ runDir });
+    const mnt = join(dir, 'standby');
+    mkdirSync(mnt);
+    try {
+      // The standby `obd attach` and the `obd serve-fuse` child it starts ahead.
+      let waiting: number[] = [];
+      for (let i = 0; i < 300 && waiting.length === 0; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        waiting = processes().filter((p) => p.args.includes('serve-fuse') && processes().some((q) => q.pid === p.ppid && q.args.includes('--standby'))).map((p) => p.pid);
+      }
+      assert.equal(waiting.length, 1, 'one serving child waits beside the standby attach');
+      await mounter.mount(LAYOUT, mnt, { writable: false, fstype: 'ext4', mountOptions: [], mkfs: false, mkfsOptions: [] });
+      const session = (await listSessions(runDir)).find((r) => r.mountpoint === mnt);
+      assert.equal(session?.serverPid, waiting[0], 'the waiting child serves the device');
+      assert.equal(sha256(readFileSync(join(mnt, 'hello'))), sha256(originalHello()));
+    } finally {
+      await mounter.unmount(mnt);
+      await mounter.close?.();
+    }
+    assertNothingLeft();
+    for (let i = 0; i < 100 && processes().some((p) => p.args.includes('--standby')); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(
+      processes().filter((p) => p.args.includes('--standby') || p.args.includes('serve-fuse')).map((p) => p.args.join(' ')),
+      [],
+      'no standby or serving process left',
+    );
   });
 
   test('bad configs, missing blobs and corrupt layers fail clearly and leave nothing behind', { timeout: 120_000 }, async () => {

@@ -6,7 +6,7 @@
  * `device` (a device config for obd).
  */
 import { superviseFuse } from './fuse-supervisor.ts';
-import type { ServerCommand } from './fuse-supervisor.ts';
+import type { PreparedServer, ServerCommand } from './fuse-supervisor.ts';
 import type { Attachment } from './attach-device.ts';
 import { loopOverFuse } from './_loop-over-fuse.ts';
 
@@ -23,6 +23,8 @@ export interface AttachSupervisedOptions {
   spare?: boolean;
   /** Called whenever a serving process starts serving. */
   onServer?: (info: { pid: number; restarts: number }) => void;
+  /** A serving child started ahead of need (see `PreparedServer`); taken over in any case. */
+  prepared?: PreparedServer;
 }
 
 /** An attachment whose server is a supervised child process. */
@@ -46,6 +48,7 @@ export async function attachSupervised(options: AttachSupervisedOptions): Promis
         ...(options.workers !== undefined ? { workers: options.workers } : {}),
         ...(options.spare !== undefined ? { spare: options.spare } : {}),
         ...(options.onServer !== undefined ? { onServer: options.onServer } : {}),
+        ...(options.prepared !== undefined ? { prepared: options.prepared } : {}),
       }),
     (f) => f.readOnly,
   );

@@ -5,14 +5,14 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { superviseFuse } from './fuse-supervisor.ts';
+import { PreparedServer, superviseFuse } from './fuse-supervisor.ts';
 import type { SupervisedFuse, SuperviseFuseOptions } from './fuse-supervisor.ts';
 import { NotFoundError } from '../io/errors.ts';
 import { patternByte, type MemoryChildSpec } from '../../test/support/memory-fuse-child.ts';
@@ -162,4 +162,56 @@ test('a request that kills every server makes the supervisor give up: the caller
   assert.equal(mounted(s.mountpoint), false);
   for (let i = 0; i < 100 && children().length > 0; i++) await sleep(20);
   assert.deepEqual(children(), []);
+});
+
+/** Open `/dev/fuse` fds of this process. */
+function fuseFds(): number {
+  return readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`) === '/dev/fuse';
+    } catch {
+      return false;
+    }
+  }).length;
+}
+
+test('a prepared server becomes the first child; one prepared for another command is closed and replaced', T, async () => {
+  const parkedServer = { command: process.execPath, args: ['--import', 'tsx', CHILD, '--parked', '2'] };
+  const prepared = PreparedServer.start(parkedServer);
+  const pid = prepared.pid;
+  assert.ok(pid > 0 && children().includes(pid));
+  const s = await supervise({}, { server: parkedServer, prepared, spare: false });
+  assert.equal(s.serverPid, pid, 'the prepared child serves');
+  assert.equal(prepared.pid, -1, 'taken');
+  const fh = await open(s.path, 'r');
+  try {
+    const buf = Buffer.alloc(65536);
+    await fh.read(buf, 0, buf.length, 2 << 20);
+    assert.ok(buf.equals(expectedBytes(2 << 20, 65536)));
+  } finally {
+    await fh.close();
+  }
+  await s.unmount();
+  assert.deepEqual(children(), []);
+
+  const other = PreparedServer.start(parkedServer);
+  const otherPid = other.pid;
+  const t = await supervise({}, { prepared: other, spare: false });
+  assert.notEqual(t.serverPid, otherPid, 'a child of the command asked for serves');
+  for (let i = 0; i < 100 && children().includes(otherPid); i++) await sleep(20);
+  assert.equal(children().includes(otherPid), false, 'the mismatched prepared child has ended');
+  await t.unmount();
+});
+
+test('closing an unused prepared server ends its child and closes its /dev/fuse', T, async () => {
+  const before = fuseFds();
+  const prepared = PreparedServer.start(SERVER);
+  assert.equal(fuseFds(), before + 1);
+  const pid = prepared.pid;
+  prepared.close();
+  prepared.close();
+  assert.equal(prepared.pid, -1);
+  assert.equal(fuseFds(), before);
+  for (let i = 0; i < 100 && children().includes(pid); i++) await sleep(20);
+  assert.equal(children().includes(pid), false);
 });

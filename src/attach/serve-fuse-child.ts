@@ -19,7 +19,7 @@ import { fstatSync } from 'node:fs';
 import { debuglog } from 'node:util';
 import type { BlockDevice } from '../io/block-device.ts';
 import { FailedPreconditionError } from '../io/errors.ts';
-import { prepareFuseReaders, serveFuseFd } from '../fuse/serve-fuse-fd.ts';
+import { prepareFuseReaders, releaseParkedReaders, serveFuseFd } from '../fuse/serve-fuse-fd.ts';
 import type { FuseLocalReads, FuseService } from '../fuse/serve-fuse-fd.ts';
 import { CHILD_FUSE_FD } from './_server-protocol.ts';
 import type { ServerMessage, SupervisorMessage } from './_server-protocol.ts';
@@ -36,6 +36,14 @@ export interface FuseServerChildOptions {
   localReads?(device: unknown): Promise<FuseLocalReads | undefined>;
   /** Local-reads modules to prepare while waiting (`READ_DEVICE_MODULE`), so a takeover is quick. */
   prepare?: readonly string[];
+  /**
+   * Reader threads to start while waiting for the supervisor (`prepareFuseReaders`), so
+   * that serving does not wait for threads to boot; those the `serve` message does not
+   * use end once serving. Default 0.
+   */
+  parkedReaders?: number;
+  /** Called once the child said hello, while it waits for `open` (e.g. load the HTTP client). */
+  warm?: () => void;
 }
 
 function errorFields(e: unknown): { code: string; message: string } {
@@ -105,6 +113,7 @@ export async function runFuseServerChild(options: FuseServerChildOptions): Promi
       service = running;
       // 'serving' once the readers really read: a death after it is the server's own.
       await running.ready;
+      await releaseParkedReaders();
       await post({ t: 'serving' });
       if (m.initialized === undefined) {
         void running.initialized.then((init) => (init !== undefined ? post({ t: 'init', init }) : undefined));
@@ -126,9 +135,16 @@ export async function runFuseServerChild(options: FuseServerChildOptions): Promi
     };
     process.on('message', onMessage);
     process.on('disconnect', onDisconnect);
-    prepareFuseReaders(options.prepare)
+    prepareFuseReaders(options.prepare, { parked: options.parkedReaders ?? 0 })
       .catch((e: Error) => log('fuse child: cannot prepare the readers: %s', e.message))
       .then(() => post({ t: 'hello' }))
+      .then(() => {
+        try {
+          options.warm?.();
+        } catch (e) {
+          log('fuse child: warming up failed: %s', (e as Error).message);
+        }
+      })
       .catch(fail);
   });
 }

@@ -14,7 +14,7 @@ import type { BlockDevice } from '../io/block-device.ts';
 import { FailedPreconditionError, NotFoundError } from '../io/errors.ts';
 import { attachDevice, type Attachment } from './attach-device.ts';
 import { attachSupervised } from './attach-supervised.ts';
-import type { ServerCommand } from './fuse-supervisor.ts';
+import type { PreparedServer, ServerCommand } from './fuse-supervisor.ts';
 import { isErofs, isErofsFile, mkfs, mountFs, parseFsSpec, umountFs, type FsSpec } from './filesystem.ts';
 
 export const DEFAULT_RUN_DIR = '/run/obd';
@@ -80,6 +80,8 @@ export interface SupervisedSessionOptions extends Omit<SessionOptions, 'frontend
   server: ServerCommand;
   /** Keep a loaded spare serving process. Default true. */
   spare?: boolean;
+  /** A serving child started ahead of need (see `PreparedServer`); taken over in any case. */
+  prepared?: PreparedServer;
 }
 
 /**
@@ -96,6 +98,7 @@ export async function startSupervisedSession(options: SupervisedSessionOptions):
     onServer: (info) => update(info),
     ...(options.workers !== undefined ? { workers: options.workers } : {}),
     ...(options.spare !== undefined ? { spare: options.spare } : {}),
+    ...(options.prepared !== undefined ? { prepared: options.prepared } : {}),
   });
   if (options.writable === true && attachment.readOnly) {
     await attachment.detach().catch(() => {});

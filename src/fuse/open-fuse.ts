@@ -120,11 +120,13 @@ class OpenFuse implements FuseMountpoint {
 }
 
 /**
- * Resolves `mountpoint` and opens `/dev/fuse` for it (not mounted yet). Rejects with
+ * Resolves `mountpoint` and opens `/dev/fuse` for it (not mounted yet), or takes
+ * `options.fd`, a `/dev/fuse` fd opened earlier ({@link openFuseDevice}; closed by
+ * `close()` from then on). Rejects with
  * `NotFoundError` when the mountpoint is missing, `InvalidArgumentError` when it is not
  * a directory, `FailedPreconditionError` when /dev/fuse cannot be opened (needs root).
  */
-export async function openFuse(mountpoint: string): Promise<FuseMountpoint> {
+export async function openFuse(mountpoint: string, options: { fd?: number } = {}): Promise<FuseMountpoint> {
   let resolved: string;
   try {
     resolved = await realpath(mountpoint);
@@ -134,11 +136,14 @@ export async function openFuse(mountpoint: string): Promise<FuseMountpoint> {
   if (!(await stat(resolved)).isDirectory()) {
     throw new InvalidArgumentError(`Cannot serve FUSE at ${resolved}: mountpoint is not a directory`);
   }
-  let fd: number;
+  return new OpenFuse(options.fd ?? openFuseDevice(), resolved);
+}
+
+/** Opens `/dev/fuse` (a connection not mounted anywhere yet); `FailedPreconditionError` when it cannot (needs root). */
+export function openFuseDevice(): number {
   try {
-    fd = openSync('/dev/fuse', 'r+');
+    return openSync('/dev/fuse', 'r+');
   } catch (e) {
     throw new FailedPreconditionError(`Cannot open /dev/fuse: ${(e as Error).message}`, { cause: e });
   }
-  return new OpenFuse(fd, resolved);
 }

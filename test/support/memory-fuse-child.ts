@@ -4,7 +4,7 @@
  * message is a {@link MemoryChildSpec}: it can log every device call to a file, delay
  * reads, refuse to open, or kill the process when a read reaches a given offset.
  *
- * `node --import tsx test/support/memory-fuse-child.ts` (started by superviseFuse).
+ * `node --import tsx test/support/memory-fuse-child.ts [--parked N]` (started by superviseFuse).
  */
 import { appendFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -30,7 +30,10 @@ export function patternByte(i: number, seed: number): number {
 }
 
 if (process.send !== undefined) {
+  // `--parked N`: reader threads started while waiting (as obd serve-fuse does).
+  const parked = process.argv.indexOf('--parked');
   process.exitCode = await runFuseServerChild({
+    ...(parked >= 0 ? { parkedReaders: Number(process.argv[parked + 1]) } : {}),
     async open(raw) {
       const spec = raw as MemoryChildSpec;
       if (spec.failOpen !== undefined) throw new NotFoundError(spec.failOpen);

@@ -24,7 +24,7 @@ import { openDevice } from '../../device/open-device.ts';
 import { withWritableUpper } from '../../device/writable-upper.ts';
 import { writeResultFile } from '../../device/result-file.ts';
 import { startSession, startSupervisedSession, DEFAULT_RUN_DIR, type Session } from '../../attach/session.ts';
-import type { ServerCommand } from '../../attach/fuse-supervisor.ts';
+import { PreparedServer, type ServerCommand } from '../../attach/fuse-supervisor.ts';
 import type { DeviceConfig } from '../../image/device-config.ts';
 import { createNbdServer } from '../../nbd/nbd-server.ts';
 import { nbdUri } from '../../nbd/nbd-uri.ts';
@@ -188,7 +188,8 @@ function stopSignal(): { wait(closed: Promise<void>): Promise<void>; requested()
   };
 }
 
-async function serve(p: Parsed, io: CliIo): Promise<void> {
+/** `prepared`: a serving child started ahead of need (standby); taken over or closed here. */
+async function serve(p: Parsed, io: CliIo, prepared?: PreparedServer): Promise<void> {
   const target = p.positionals[0] as string;
   const readyFd = str(p, 'ready-fd');
   const ready = readyFd === undefined ? undefined : createWriteStream('', { fd: Number(readyFd) });
@@ -223,7 +224,7 @@ async function serve(p: Parsed, io: CliIo): Promise<void> {
     if (listen === undefined && frontend === 'fuse') {
       let session: Session;
       try {
-        session = await startSupervisedSession({ ...sessionOptions, device: cfg, server: serverCommand(p) });
+        session = await startSupervisedSession({ ...sessionOptions, device: cfg, server: serverCommand(p), ...(prepared !== undefined ? { prepared } : {}) });
         await writeResultFile(resultFile);
       } catch (e) {
         await writeResultFile(resultFile, e).catch(() => {});
@@ -232,12 +233,14 @@ async function serve(p: Parsed, io: CliIo): Promise<void> {
       await runSession(session, { io, report, signal });
       return;
     }
+    prepared?.close();
     await serveInProcess(cfg, { p, access, resultFile, listen, sessionOptions: { ...sessionOptions, frontend } }, { io, report, signal });
   } catch (e) {
     const err = e as { code?: string; message?: string };
     report(`error ${JSON.stringify({ code: err.code ?? 'ERR_UNKNOWN', message: err.message ?? String(e) })}`);
     throw e;
   } finally {
+    prepared?.close();
     signal.dispose();
     await access.close();
   }
@@ -301,17 +304,29 @@ async function serveNbdOnly(device: BlockDevice, where: { listen: string; name: 
 
 /** `obd attach --standby --ready-fd N` (internal, {@link StandbyAttach}): one line of JSON argv on stdin, then attach. */
 async function standby(rest: string[], io: CliIo): Promise<void> {
-  let text = '';
-  for await (const chunk of io.stdin()) {
-    text += Buffer.from(chunk).toString();
-    if (text.includes('\n')) break;
+  // The serving child of a FUSE attach with these flags, started now: an attach with
+  // other registry flags, or another frontend, closes it and starts its own.
+  let prepared: PreparedServer | undefined;
+  try {
+    prepared = PreparedServer.start(serverCommand(parse(['(standby)', ...rest], { options: ATTACH_OPTIONS, usage, min: 1, max: 1 })));
+  } catch {
+    // No /dev/fuse, say: the attach itself reports it.
   }
-  process.stdin.destroy();
-  const nl = text.indexOf('\n');
-  if (nl < 0) return; // closed unused
-  const argv: unknown = JSON.parse(text.slice(0, nl));
-  if (!Array.isArray(argv) || argv.some((a) => typeof a !== 'string')) throw new InvalidArgumentError('Invalid standby attach request: expected a JSON array of strings');
-  await serve(parse([...(argv as string[]), ...rest], { options: ATTACH_OPTIONS, usage, min: 1, max: 1 }), io);
+  try {
+    let text = '';
+    for await (const chunk of io.stdin()) {
+      text += Buffer.from(chunk).toString();
+      if (text.includes('\n')) break;
+    }
+    process.stdin.destroy();
+    const nl = text.indexOf('\n');
+    if (nl < 0) return; // closed unused
+    const argv: unknown = JSON.parse(text.slice(0, nl));
+    if (!Array.isArray(argv) || argv.some((a) => typeof a !== 'string')) throw new InvalidArgumentError('Invalid standby attach request: expected a JSON array of strings');
+    await serve(parse([...(argv as string[]), ...rest], { options: ATTACH_OPTIONS, usage, min: 1, max: 1 }), io, prepared);
+  } finally {
+    prepared?.close();
+  }
 }
 
 export const attachCommand: Command = {

@@ -11,6 +11,7 @@ import { FailedPreconditionError } from '../../io/errors.ts';
 import { parseDeviceConfig } from '../../image/device-config.ts';
 import { openDevice } from '../../device/open-device.ts';
 import { runFuseServerChild } from '../../attach/serve-fuse-child.ts';
+import { DEFAULT_READERS } from '../../fuse/serve-fuse-fd.ts';
 import { READ_DEVICE_MODULE, localReadsFor } from '../../attach/local-reads.ts';
 import { downloadSettings, replayReaderSettings } from '../../device/trace-prefetcher.ts';
 
@@ -32,6 +33,8 @@ export const serveFuseCommand: Command = {
         },
         localReads: (spec) => localReadsFor(parseDeviceConfig(JSON.stringify(spec), '/')),
         prepare: [READ_DEVICE_MODULE],
+        parkedReaders: DEFAULT_READERS,
+        warm: () => access.warm(),
       });
       if (code !== 0) throw new FailedPreconditionError('Cannot serve FUSE: the server stopped before the connection ended');
     } finally {
