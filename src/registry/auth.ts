@@ -5,9 +5,13 @@
  * targets, token requests — pass through untouched, so a redirect target never sees an
  * `Authorization` header.
  *
- * Per origin the wrapper learns how to authenticate once, by a ping (`GET /v2/`, no
- * credentials): 200 or any non-401/403 status means no auth; a 401/403 challenge picks
- * `Bearer` (preferred) or `Basic`. Bearer tokens are fetched from
+ * Per origin the wrapper learns how to authenticate once. A request that can be sent
+ * again (no streamed body) goes out without credentials first: any answer but a
+ * 401 (or a 403 with a challenge) means no auth, and a challenge is handled as a refusal
+ * below, so an anonymous registry costs no extra round trip. A streamed upload to an
+ * origin not met yet waits for a ping (`GET /v2/`, no credentials): 200 or any
+ * non-401/403 status means no auth; a 401/403 challenge picks `Bearer` (preferred) or
+ * `Basic`. Bearer tokens are fetched from
  * `realm?service=…&scope=…` with Basic credentials when the provider has some (anonymous
  * otherwise), accept `token` or `access_token`, and are cached per origin, service and
  * scope set until `expires_in` (default 60 s) minus a margin. Basic credentials are
@@ -213,6 +217,21 @@ export function withAuth(next: HttpTransport, options: AuthOptions = {}): HttpTr
       scopes: request.auth.scopes,
       signal: request.signal,
     };
+    // An origin not met yet: a request that can be sent twice goes out without
+    // credentials at once, as its own ping (a streamed upload waits for a real one).
+    if (!methods.has(origin) && hasReplayableBody(request)) {
+      const first = await next(request);
+      const challenged = first.status === 401 || first.status === 403;
+      if (!challenged) {
+        if (!methods.has(origin)) methods.set(origin, Promise.resolve({ kind: 'none' }));
+        return first;
+      }
+      await discardBody(first);
+      const header = first.headers.get('www-authenticate');
+      const learned = header === null ? ({ kind: 'basic' } as const) : authMethodOf(parseWwwAuthenticate(header));
+      if (learned === undefined) throw new UnsupportedError(`Cannot authenticate to ${origin}: unsupported challenge scheme`);
+      if (!methods.has(origin)) methods.set(origin, Promise.resolve(learned));
+    }
     const method = await methodFor(origin, request.signal);
     const header = await authorize(method, ctx);
     const res = await next(withAuthorization(request, header));

@@ -252,6 +252,17 @@ for (const mode of ['none', 'basic', 'token'] as RegistryAuthMode[]) {
       });
     }
 
+    test('a new client sends its first request at once (no ping) and authenticates only when refused', async () => {
+      const fresh = clientFor(reg);
+      events.length = 0;
+      await fresh.getManifest(`${reg.host}/obd/app:v1`);
+      const wire = events.filter((e) => e.url.startsWith(`http://${reg.host}/v2/`) && e.url.includes('/v2/'));
+      assert.equal(wire.some((e) => new URL(e.url).pathname === '/v2/'), false, 'no ping');
+      const manifests = wire.filter((e) => e.url.includes('/manifests/')).map((e) => [e.status, e.authorized]);
+      assert.deepEqual(manifests, mode === 'none' ? [[200, false]] : [[401, false], [200, true]]);
+      await fresh.close();
+    });
+
     if (mode === 'token') {
       test('a token the registry refuses is refreshed once on 401', async () => {
         const ts = reg.tokenServer;
@@ -265,6 +276,8 @@ for (const mode of ['none', 'basic', 'token'] as RegistryAuthMode[]) {
         assert.deepEqual(
           events.filter((e) => e.url.includes('/manifests/')).map((e) => [e.status, e.authorized]),
           [
+            // A new client's first request goes out without credentials (it is its ping).
+            [401, false],
             [401, true],
             [200, true],
           ],
@@ -275,7 +288,8 @@ for (const mode of ['none', 'basic', 'token'] as RegistryAuthMode[]) {
         try {
           events.length = 0;
           await assert.rejects(stuck.getManifest(`${reg.host}/obd/app:v1`), PermissionDeniedError);
-          assert.equal(events.filter((e) => e.url.includes('/manifests/')).length, 2, 'one refresh, then give up');
+          // The anonymous first request, the refused token, one refresh, then give up.
+          assert.equal(events.filter((e) => e.url.includes('/manifests/')).length, 3, 'one refresh, then give up');
         } finally {
           ts.issueExpired(0);
           await stuck.close();
