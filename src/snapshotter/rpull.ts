@@ -149,14 +149,19 @@ export async function rpull(ref: string, options: RpullOptions = {}): Promise<Rp
     resolved = await registry.resolveImage(parsed, { ...signal, ...(options.platform === undefined ? {} : { platform: options.platform }) });
     const m = parseManifest(resolved.manifest.bytes, resolved.manifest.digest);
     if (m.config.size > MAX_CONFIG_BYTES) throw new DataCorruptionError(`Cannot pull ${name}: config ${m.config.digest} claims ${m.config.size} bytes`);
-    configBytes = await readAll(await registry.getBlob(parsed, m.config.digest, { ...signal, size: m.config.size }), MAX_CONFIG_BYTES, `config ${m.config.digest}`);
-    for (const l of m.layers) {
-      if (l.annotations[LABELS.accelerationLayer] !== 'yes' || traceLayers.has(l.digest)) continue;
+    // The config and the acceleration layers' traces, side by side (one round trip).
+    const accelerated = new Map(m.layers.filter((l) => l.annotations[LABELS.accelerationLayer] === 'yes').map((l) => [l.digest, l]));
+    const traces = [...accelerated.values()].map(async (l) => {
       const tar = await readAll(await registry.getBlob(parsed, l.digest, { ...signal, size: l.size }), MAX_TRACE_LAYER_BYTES, `acceleration layer ${l.digest}`);
       const payload = await openTarPayload(new MemoryReader(tar));
       if (payload === null) throw new DataCorruptionError(`Cannot pull ${name}: acceleration layer ${l.digest} is not a tar`);
       traceLayers.set(l.digest, await readBytes(payload, 0, payload.size, `trace of ${l.digest}`));
-    }
+    });
+    const config = (async () => readAll(await registry.getBlob(parsed, m.config.digest, { ...signal, size: m.config.size }), MAX_CONFIG_BYTES, `config ${m.config.digest}`))();
+    const settled = await Promise.allSettled([config, ...traces]);
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+    configBytes = await config;
   } finally {
     await registry.close();
   }
