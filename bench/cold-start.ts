@@ -16,7 +16,9 @@
  * Cases (page cache dropped before each cold one):
  * - (a) `ctr images pull --plain-http REF:oci` (overlayfs snapshotter: fetch + unpack)
  *   and `ctr run --rm REF:oci python3 -c 'import json, sqlite3, email'`;
- * - (b) lazy pull + `ctr run --rm --snapshotter overlaybd` of the same command with trace
+ * - (b) lazy pull (`obd rpull`, which hands the pull to the snapshotter daemon through its
+ *   pull socket, src/snapshotter/pull-socket.ts) + `ctr run --rm --snapshotter overlaybd`
+ *   of the same command with trace
  *   replay. The trace is recorded before the timed cases as a user does with `ctr
  *   record-trace` (one run of the command with the snapshotter's record-trace labels in
  *   a containerd of its own; see bench/support/accel-image.ts; cached) and turned into
@@ -173,7 +175,8 @@ async function main(): Promise<void> {
       : ['--snapshotter-label', 'containerd.io/snapshot/overlaybd/record-trace=yes', '--snapshotter-label', `containerd.io/snapshot/overlaybd/record-trace-path=${replayTrace}`];
     log(`(b) replays the trace ${viaLayer ? 'of the acceleration layer (REF:obd-accel)' : 'given by the record-trace-path label (REF:obd)'}`);
     dropCaches();
-    const rpull = (tag: string): Promise<string> => sh([...OBD, 'rpull', ref(tag), '--address', e.socket, '--namespace', NS, '--plain-http', host], 300_000);
+    // Through the daemon's pull socket, as with the default config (its socket lies beside the daemon's).
+    const rpull = (tag: string): Promise<string> => sh([...OBD, 'rpull', ref(tag), '--address', e.socket, '--namespace', NS, '--plain-http', host, '--daemon', e.pullSocket], 300_000);
     await timed('b rpull', () => rpull(bTag));
     checkRun(await timed('b run', () => e.run(['--snapshotter', 'overlaybd', ...bLabels, ref(bTag), 'cs-b', ...COMMAND])), '(b)');
 

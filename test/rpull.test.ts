@@ -17,11 +17,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { main } from '../src/cli/main.ts';
 import { memoryIo } from '../src/cli/io.ts';
+import { rpullHere } from '../src/cli/commands/rpull.ts';
 import { runSnapshotterDaemon } from '../src/snapshotter/daemon.ts';
 import { sessionDeviceMounter } from '../src/cli/session-mounter.ts';
 import { listSessions } from '../src/attach/session.ts';
@@ -171,6 +172,12 @@ before(async () => {
   });
   daemonDone = runSnapshotterDaemon(snConfig, {
     deviceMounter: sessionDeviceMounter({ runDir }),
+    // As `obd snapshotter` serves `obd rpull` (src/cli/commands/snapshotter.ts).
+    pullHandler: async (argv) => {
+      const io = memoryIo();
+      await rpullHere(argv, io);
+      return io.stdout;
+    },
     signal: daemonStop.signal,
     handleSignals: false,
     onReady: () => ready(),
@@ -257,9 +264,12 @@ test('obd rpull records the image in containerd and fetches no layer data', T, a
   assert.match(await ctr('snapshots', '--snapshotter', 'overlaybd', 'ls'), new RegExp(`^${LAYER_DIGEST}\\s+Committed`, 'm'));
 });
 
-test('rpull again finds the layer present and updates the image', T, async () => {
+test('rpull again, through the daemon\'s pull socket, finds the layer present and updates the image', T, async () => {
   proxy!.resetCounters();
-  const out = await obd('rpull', ref, '--address', sock(), '--namespace', NS, '--plain-http', proxyHost);
+  const socket = join(dir, 'rpull.sock');
+  assert.ok(lstatSync(socket).isSocket(), 'the daemon serves rpull.sock beside its gRPC socket');
+  assert.equal(lstatSync(socket).mode & 0o777, 0o600);
+  const out = await obd('rpull', ref, '--address', sock(), '--namespace', NS, '--plain-http', proxyHost, '--daemon', socket);
   assert.match(out, /already present/);
   assert.match(out, /image updated/);
   assert.ok(proxy!.counters.bytesSent < LAYER_BYTES * 0.05);

@@ -51,6 +51,11 @@ export class ContainerdEnv {
     return join(this.dir, 'containerd.sock');
   }
 
+  /** The daemon's pull socket (`rpull.sock` beside its gRPC socket), for `obd rpull --daemon`. */
+  get pullSocket(): string {
+    return join(this.dir, 'rpull.sock');
+  }
+
   /** Where the snapshotter's `obd attach` sessions are recorded. */
   get runDir(): string {
     return join(this.dir, 'run');

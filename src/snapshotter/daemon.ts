@@ -1,7 +1,8 @@
 /**
  * The snapshotter daemon (upstream `overlaybd-snapshotter`, snapshotter.md §1): reads
  * the config file, opens the snapshotter, serves it to containerd on the configured
- * unix socket (plus the Prometheus exporter when enabled) and runs until SIGTERM/SIGINT
+ * unix socket (plus the Prometheus exporter when enabled, and `rpull.sock` for `obd
+ * rpull` when given a pull handler) and runs until SIGTERM/SIGINT
  * or an abort signal, then stops gracefully. The CLI's `obd snapshotter [CONFIG]` calls
  * it; the device mounter (src/attach) is injected by the caller.
  *
@@ -10,12 +11,14 @@
  * await runSnapshotterDaemon('/etc/overlaybd-snapshotter/config.json', { deviceMounter });
  * ```
  */
+import { dirname, join } from 'node:path';
 import { debuglog } from 'node:util';
 import { InvalidArgumentError, UnsupportedError } from '../io/errors.ts';
 import { DEFAULT_CONFIG_PATH, loadSnapshotterConfig, snapshotterOptionsFromConfig, type SnapshotterConfig } from './config.ts';
 import type { DeviceMounter } from './device-mounter.ts';
 import { startSnapshotterServer } from './grpc-service.ts';
 import { SnapshotterMetrics } from './metrics.ts';
+import { PULL_SOCKET_NAME, servePullSocket, type PullHandler } from './pull-socket.ts';
 import { createSnapshotter } from './snapshotter.ts';
 
 const log = debuglog('obd');
@@ -30,8 +33,13 @@ export interface SnapshotterDaemonOptions {
   handleSignals?: boolean;
   /** Interface of the metrics endpoint (default: all interfaces, as upstream). */
   metricsHost?: string;
+  /**
+   * Serves `obd rpull` requests on `rpull.sock` beside the gRPC socket (see
+   * `pull-socket.ts`) with this handler; no pull socket without it.
+   */
+  pullHandler?: PullHandler;
   /** Called once the socket accepts calls. */
-  onReady?: (info: { root: string; address: string; metricsPort?: number }) => void;
+  onReady?: (info: { root: string; address: string; pullAddress?: string; metricsPort?: number }) => void;
 }
 
 /** Checks the config fields the daemon needs and the features it does not implement. */
@@ -60,6 +68,7 @@ export async function runSnapshotterDaemon(config: string | SnapshotterConfig = 
     for (const stop of stops.reverse()) await stop().catch((e: unknown) => log('snapshotter: stop failed: %s', String(e)));
   };
   let metricsPort: number | undefined;
+  let pullAddress: string | undefined;
   try {
     const metrics = cfg.exporterConfig.enable ? new SnapshotterMetrics() : undefined;
     if (metrics !== undefined) {
@@ -73,6 +82,11 @@ export async function runSnapshotterDaemon(config: string | SnapshotterConfig = 
     }
     const server = await startSnapshotterServer({ snapshotter, address: cfg.address, ...(metrics === undefined ? {} : { observe: metrics.observe }) });
     stops.push(() => server.close());
+    if (options.pullHandler !== undefined) {
+      const pulls = await servePullSocket(join(dirname(cfg.address), PULL_SOCKET_NAME), options.pullHandler);
+      pullAddress = pulls.path;
+      stops.push(() => pulls.close());
+    }
   } catch (e) {
     await stopAll();
     throw e;
@@ -88,7 +102,12 @@ export async function runSnapshotterDaemon(config: string | SnapshotterConfig = 
     if (options.signal?.aborted === true) stop();
     else options.signal?.addEventListener('abort', stop);
     log('snapshotter: serving %s (root %s)', cfg.address, cfg.root);
-    options.onReady?.({ root: cfg.root, address: cfg.address, ...(metricsPort === undefined ? {} : { metricsPort }) });
+    options.onReady?.({
+      root: cfg.root,
+      address: cfg.address,
+      ...(pullAddress === undefined ? {} : { pullAddress }),
+      ...(metricsPort === undefined ? {} : { metricsPort }),
+    });
   });
   await stopAll();
 }

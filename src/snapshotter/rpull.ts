@@ -130,6 +130,11 @@ async function readAll(stream: ReadableStream<Uint8Array>, limit: number, what: 
 }
 
 /** Pulls `ref` into containerd without fetching layer data. See the module comment. */
+/** Loads the containerd gRPC client now (a long-running process that pulls later, e.g. the snapshotter daemon). */
+export async function preloadRpull(): Promise<void> {
+  await Promise.all([import('./_containerd-client.ts'), import('./grpc-client.ts')]);
+}
+
 export async function rpull(ref: string, options: RpullOptions = {}): Promise<RpullResult> {
   const parsed: Reference = parseReference(ref);
   const name = formatReference(parsed);

@@ -4,6 +4,9 @@ import { InvalidArgumentError } from '../../io/errors.ts';
 import { runSnapshotterDaemon } from '../../snapshotter/daemon.ts';
 import { DEFAULT_CONFIG_PATH } from '../../snapshotter/config.ts';
 import { sessionDeviceMounter } from '../session-mounter.ts';
+import { memoryIo } from '../io.ts';
+import { rpullHere } from './rpull.ts';
+import { preloadRpull } from '../../snapshotter/rpull.ts';
 
 const usage = 'obd snapshotter [CONFIG | --config CONFIG] [--run-dir DIR]   (CONFIG default /etc/overlaybd-snapshotter/config.json)';
 
@@ -24,7 +27,17 @@ export const snapshotterCommand: Command = {
     if (positional !== undefined && option !== undefined) throw new InvalidArgumentError(`Cannot start the snapshotter: config given twice (${positional} and --config ${option})\nusage: ${usage}`);
     await runSnapshotterDaemon(positional ?? option ?? DEFAULT_CONFIG_PATH, {
       deviceMounter: sessionDeviceMounter(runDir !== undefined ? { runDir } : {}),
-      onReady: (info: unknown) => io.out(`snapshotter: serving ${JSON.stringify(info)}\n`),
+      // `obd rpull` runs here when it finds the pull socket (src/snapshotter/pull-socket.ts).
+      pullHandler: async (pullArgv) => {
+        const out = memoryIo();
+        await rpullHere(pullArgv, out);
+        return out.stdout;
+      },
+      onReady: (info: unknown) => {
+        io.out(`snapshotter: serving ${JSON.stringify(info)}\n`);
+        // Loaded before the first pull needs them, off the start path.
+        setTimeout(() => void preloadRpull().catch(() => undefined), 100).unref();
+      },
     });
   },
 };
