@@ -368,4 +368,6 @@ test('rpull of a plain (non-overlaybd) image fails clearly and records nothing',
   assert.notEqual(code, 0);
   assert.match(io.stderr, /layer 0 .* has no containerd\.io\/snapshot\/overlaybd\/blob-digest annotation \(not an overlaybd image/);
   assert.doesNotMatch(await ctr('images', 'ls', '-q'), /:plain/);
+  // The lease taken while the registry answered is gone again.
+  assert.doesNotMatch(await ctr('leases', 'ls'), /obd-rpull-/);
 });

@@ -144,62 +144,92 @@ export async function rpull(ref: string, options: RpullOptions = {}): Promise<Rp
   // The gRPC modules (grpc-js, proto-loader: ~120 ms to load) load while the registry answers.
   const grpcModules = Promise.all([import('./_containerd-client.ts'), import('./grpc-client.ts')]);
   void grpcModules.catch(() => undefined);
+  // containerd's side starts at once too: the lease needs nothing from the registry.
+  const leasing = (async () => {
+    const [{ ContainerdClient }] = await grpcModules;
+    const ctd = new ContainerdClient(address, { namespace: options.namespace ?? 'default', ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) });
+    try {
+      const leaseId = await ctd.createLease(`obd-rpull-${randomId()}`, { 'containerd.io/gc.expire': new Date(Date.now() + LEASE_EXPIRY_MS).toISOString() });
+      return { ctd, leaseId };
+    } catch (e) {
+      ctd.close();
+      throw e;
+    }
+  })();
+  void leasing.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
+  // If the registry part fails first: drop the lease once it exists.
+  const abandon = async (): Promise<void> => {
+    const held = await leasing.catch(() => undefined);
+    if (held === undefined) return;
+    await held.ctd.deleteLease(held.leaseId).catch((e: unknown) => log('rpull: cannot delete lease %s: %s', held.leaseId, String(e)));
+    held.ctd.close();
+  };
 
-  // 1. Resolve (registry only).
-  const registry = new RegistryClient(options.registry ?? {});
-  let resolved;
-  let configBytes: Uint8Array;
-  const traceLayers = new Map<string, Uint8Array>();
+  /** Registry part: the manifest, config and traces, checked; nothing in containerd yet. */
+  const resolveAll = async () => {
+    // 1. Resolve (registry only).
+    const registry = new RegistryClient(options.registry ?? {});
+    let resolved;
+    let configBytes: Uint8Array;
+    const traceLayers = new Map<string, Uint8Array>();
+    try {
+      resolved = await registry.resolveImage(parsed, { ...signal, ...(options.platform === undefined ? {} : { platform: options.platform }) });
+      const m = parseManifest(resolved.manifest.bytes, resolved.manifest.digest);
+      if (m.config.size > MAX_CONFIG_BYTES) throw new DataCorruptionError(`Cannot pull ${name}: config ${m.config.digest} claims ${m.config.size} bytes`);
+      // The config and the acceleration layers' traces, side by side (one round trip).
+      const accelerated = new Map(m.layers.filter((l) => l.annotations[LABELS.accelerationLayer] === 'yes').map((l) => [l.digest, l]));
+      const traces = [...accelerated.values()].map(async (l) => {
+        const tar = await readAll(await registry.getBlob(parsed, l.digest, { ...signal, size: l.size }), MAX_TRACE_LAYER_BYTES, `acceleration layer ${l.digest}`);
+        const payload = await openTarPayload(new MemoryReader(tar));
+        if (payload === null) throw new DataCorruptionError(`Cannot pull ${name}: acceleration layer ${l.digest} is not a tar`);
+        traceLayers.set(l.digest, await readBytes(payload, 0, payload.size, `trace of ${l.digest}`));
+      });
+      const config = (async () => readAll(await registry.getBlob(parsed, m.config.digest, { ...signal, size: m.config.size }), MAX_CONFIG_BYTES, `config ${m.config.digest}`))();
+      const settled = await Promise.allSettled([config, ...traces]);
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed !== undefined) throw failed.reason;
+      configBytes = await config;
+    } finally {
+      await registry.close();
+    }
+    const manifest = parseManifest(resolved.manifest.bytes, resolved.manifest.digest);
+    const diffIds = parseDiffIds(configBytes, manifest.config.digest);
+    if (diffIds.length !== manifest.layers.length) {
+      throw new DataCorruptionError(`Cannot pull ${name}: the manifest lists ${manifest.layers.length} layers, the config ${diffIds.length} diff IDs`);
+    }
+    const plain = manifest.layers.findIndex((l) => l.annotations[OVERLAYBD_BLOB_DIGEST] === undefined);
+    if (plain >= 0) {
+      throw new FailedPreconditionError(
+        `Cannot pull ${name} remotely: layer ${plain} (${manifest.layers[plain]?.digest}) has no ${OVERLAYBD_BLOB_DIGEST} annotation (not an overlaybd image; use a normal pull)`,
+      );
+    }
+    const chains = chainIds(diffIds);
+    const topChain = chains[chains.length - 1] ?? '';
+    if (topChain === '') throw new DataCorruptionError(`Cannot pull ${name}: the image has no layers`);
+
+    // The index is the image target only when the manifest is its direct child (nested indexes: the manifest).
+    const index = resolved.index;
+    const indexPos =
+      index === undefined ? -1 : ((JSON.parse(new TextDecoder().decode(index.bytes)) as { manifests: { digest: string }[] }).manifests ?? []).findIndex((e) => e.digest === resolved.manifest.digest);
+    const target: ContainerdDescriptor =
+      index !== undefined && indexPos >= 0
+        ? { mediaType: index.mediaType, digest: index.digest, size: index.size }
+        : { mediaType: resolved.manifest.mediaType, digest: resolved.manifest.digest, size: resolved.manifest.size };
+    const source = { [`containerd.io/distribution.source.${parsed.registry}`]: parsed.repository };
+
+    return { resolved, configBytes, traceLayers, manifest, chains, topChain, index, indexPos, target, source };
+  };
+  let r: Awaited<ReturnType<typeof resolveAll>>;
   try {
-    resolved = await registry.resolveImage(parsed, { ...signal, ...(options.platform === undefined ? {} : { platform: options.platform }) });
-    const m = parseManifest(resolved.manifest.bytes, resolved.manifest.digest);
-    if (m.config.size > MAX_CONFIG_BYTES) throw new DataCorruptionError(`Cannot pull ${name}: config ${m.config.digest} claims ${m.config.size} bytes`);
-    // The config and the acceleration layers' traces, side by side (one round trip).
-    const accelerated = new Map(m.layers.filter((l) => l.annotations[LABELS.accelerationLayer] === 'yes').map((l) => [l.digest, l]));
-    const traces = [...accelerated.values()].map(async (l) => {
-      const tar = await readAll(await registry.getBlob(parsed, l.digest, { ...signal, size: l.size }), MAX_TRACE_LAYER_BYTES, `acceleration layer ${l.digest}`);
-      const payload = await openTarPayload(new MemoryReader(tar));
-      if (payload === null) throw new DataCorruptionError(`Cannot pull ${name}: acceleration layer ${l.digest} is not a tar`);
-      traceLayers.set(l.digest, await readBytes(payload, 0, payload.size, `trace of ${l.digest}`));
-    });
-    const config = (async () => readAll(await registry.getBlob(parsed, m.config.digest, { ...signal, size: m.config.size }), MAX_CONFIG_BYTES, `config ${m.config.digest}`))();
-    const settled = await Promise.allSettled([config, ...traces]);
-    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed !== undefined) throw failed.reason;
-    configBytes = await config;
-  } finally {
-    await registry.close();
+    r = await resolveAll();
+  } catch (e) {
+    await abandon();
+    throw e;
   }
-  const manifest = parseManifest(resolved.manifest.bytes, resolved.manifest.digest);
-  const diffIds = parseDiffIds(configBytes, manifest.config.digest);
-  if (diffIds.length !== manifest.layers.length) {
-    throw new DataCorruptionError(`Cannot pull ${name}: the manifest lists ${manifest.layers.length} layers, the config ${diffIds.length} diff IDs`);
-  }
-  const plain = manifest.layers.findIndex((l) => l.annotations[OVERLAYBD_BLOB_DIGEST] === undefined);
-  if (plain >= 0) {
-    throw new FailedPreconditionError(
-      `Cannot pull ${name} remotely: layer ${plain} (${manifest.layers[plain]?.digest}) has no ${OVERLAYBD_BLOB_DIGEST} annotation (not an overlaybd image; use a normal pull)`,
-    );
-  }
-  const chains = chainIds(diffIds);
-  const topChain = chains[chains.length - 1] ?? '';
-  if (topChain === '') throw new DataCorruptionError(`Cannot pull ${name}: the image has no layers`);
-
-  // The index is the image target only when the manifest is its direct child (nested indexes: the manifest).
-  const index = resolved.index;
-  const indexPos =
-    index === undefined ? -1 : ((JSON.parse(new TextDecoder().decode(index.bytes)) as { manifests: { digest: string }[] }).manifests ?? []).findIndex((e) => e.digest === resolved.manifest.digest);
-  const target: ContainerdDescriptor =
-    index !== undefined && indexPos >= 0
-      ? { mediaType: index.mediaType, digest: index.digest, size: index.size }
-      : { mediaType: resolved.manifest.mediaType, digest: resolved.manifest.digest, size: resolved.manifest.size };
-  const source = { [`containerd.io/distribution.source.${parsed.registry}`]: parsed.repository };
-
-  const [{ ContainerdClient }, { createSnapshotterClient }] = await grpcModules;
-  const ctd = new ContainerdClient(address, { namespace: options.namespace ?? 'default', ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) });
-  let leaseId: string | undefined;
+  const { resolved, configBytes, traceLayers, manifest, chains, topChain, index, indexPos, target, source } = r;
+  const [, { createSnapshotterClient }] = await grpcModules;
+  const { ctd, leaseId } = await leasing;
   try {
-    leaseId = await ctd.createLease(`obd-rpull-${randomId()}`, { 'containerd.io/gc.expire': new Date(Date.now() + LEASE_EXPIRY_MS).toISOString() });
     ctd.lease = leaseId;
     // 2. Content and 3. remote snapshots, side by side: the snapshots come first on the
     // container's start path (the snapshotter may attach an accelerated image's device
@@ -286,10 +316,8 @@ export async function rpull(ref: string, options: RpullOptions = {}): Promise<Rp
     const bytesFetched = (index?.size ?? 0) + resolved.manifest.size + configBytes.length;
     return { name, target, manifestDigest: resolved.manifest.digest, configDigest: manifest.config.digest, chainId: topChain, layers, image, bytesFetched };
   } finally {
-    if (leaseId !== undefined) {
-      ctd.lease = undefined;
-      await ctd.deleteLease(leaseId).catch((e: unknown) => log('rpull: cannot delete lease %s: %s', leaseId, String(e)));
-    }
+    ctd.lease = undefined;
+    await ctd.deleteLease(leaseId).catch((e: unknown) => log('rpull: cannot delete lease %s: %s', leaseId, String(e)));
     ctd.close();
   }
 }
