@@ -8,24 +8,27 @@ import { AlreadyExistsError, NotFoundError, UnavailableError } from '../io/error
 
 test('a pull socket runs the handler with the arguments and answers its output; errors keep their class', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'obd-pull-'));
-  const seen: string[][] = [];
-  const server = await servePullSocket(join(dir, 'rpull.sock'), async (argv) => {
-    seen.push(argv);
-    if (argv[0] === 'missing') throw new NotFoundError('Cannot pull missing: no such image');
-    return `pulled ${argv.join(' ')}\n`;
-  });
   try {
-    assert.equal((await lstat(server.path)).mode & 0o777, 0o600);
-    assert.equal(await callPullSocket(server.path, ['reg/app:obd', '--namespace', 'x']), 'pulled reg/app:obd --namespace x\n');
-    await assert.rejects(callPullSocket(server.path, ['missing']), (e) => e instanceof NotFoundError && /no such image/.test(e.message));
-    assert.deepEqual(seen, [['reg/app:obd', '--namespace', 'x'], ['missing']]);
+    const seen: string[][] = [];
+    const server = await servePullSocket(join(dir, 'rpull.sock'), async (argv) => {
+      seen.push(argv);
+      if (argv[0] === 'missing') throw new NotFoundError('Cannot pull missing: no such image');
+      return `pulled ${argv.join(' ')}\n`;
+    });
+    try {
+      assert.equal((await lstat(server.path)).mode & 0o777, 0o600);
+      assert.equal(await callPullSocket(server.path, ['reg/app:obd', '--namespace', 'x']), 'pulled reg/app:obd --namespace x\n');
+      await assert.rejects(callPullSocket(server.path, ['missing']), (e) => e instanceof NotFoundError && /no such image/.test(e.message));
+      assert.deepEqual(seen, [['reg/app:obd', '--namespace', 'x'], ['missing']]);
+    } finally {
+      await server.close();
+    }
+    assert.equal(await callPullSocket(server.path, ['reg/app:obd']), undefined, 'no daemon: undefined, the caller pulls itself');
+    await writeFile(join(dir, 'plain'), 'x');
+    await assert.rejects(servePullSocket(join(dir, 'plain'), async () => ''), AlreadyExistsError);
   } finally {
-    await server.close();
+    await rm(dir, { recursive: true, force: true });
   }
-  assert.equal(await callPullSocket(server.path, ['reg/app:obd']), undefined, 'no daemon: undefined, the caller pulls itself');
-  await writeFile(join(dir, 'plain'), 'x');
-  await assert.rejects(servePullSocket(join(dir, 'plain'), async () => ''), AlreadyExistsError);
-  await rm(dir, { recursive: true, force: true });
 });
 
 test('a daemon that breaks the protocol is an UnavailableError, not a silent local pull', async () => {
