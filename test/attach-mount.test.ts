@@ -175,6 +175,37 @@ describe('FUSE + loop', () => {
     assertNothingLeft();
   });
 
+  test('an EROFS image asked for as ext4 mounts as erofs (upstream mounts by the magic)', { timeout: 120_000 }, async () => {
+    const src = join(dir, 'erofs-src');
+    mkdirSync(src);
+    writeFileSync(join(src, 'hello.txt'), 'read from erofs\n');
+    const img = join(dir, 'erofs.img');
+    const made = spawnSync('mkfs.erofs', [img, src], { encoding: 'utf8' });
+    assert.equal(made.status, 0, made.stderr);
+    // Pad to 512 bytes and write it into a one-layer overlaybd image.
+    const bytes = readFileSync(img);
+    writeFileSync(img, Buffer.concat([bytes, Buffer.alloc((512 - (bytes.length % 512)) % 512)]));
+    const data = join(dir, 'erofs.data');
+    const index = join(dir, 'erofs.index');
+    await obd('create', data, index, '1');
+    await obd('write', data, index, '0', img);
+    const layer = join(dir, 'erofs.commit');
+    await obd('commit', data, index, layer);
+    const config = join(dir, 'erofs.json');
+    writeFileSync(config, JSON.stringify({ lowers: [{ file: layer }] }));
+    const mnt = join(dir, 'erofs-mnt');
+    mkdirSync(mnt);
+    await obd('mount', config, mnt, '--fstype', 'ext4', '--run-dir', runDir);
+    try {
+      const line = mounts().split('\n').find((l) => l.split(' ')[1] === mnt);
+      assert.equal(line?.split(' ')[2], 'erofs', `mounted as: ${line}`);
+      assert.equal(readFileSync(join(mnt, 'hello.txt'), 'utf8'), 'read from erofs\n');
+    } finally {
+      await obd('umount', mnt, '--run-dir', runDir);
+    }
+    assertNothingLeft();
+  });
+
   test('the snapshotter mounter attaches through a standby process whose serving child was started before the request', { timeout: 120_000 }, async () => {
     const mounter = sessionDeviceMounter({ runDir });
     const mnt = join(dir, 'standby');

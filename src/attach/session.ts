@@ -156,11 +156,23 @@ async function completeSession(
     await rm(recordPath, { force: true });
     if (errors.length > 0) throw errors[0];
   };
+  const asErofs = (s: FsSpec): FsSpec => ({ ...s, fstype: 'erofs', mountOptions: [] });
   try {
-    if (await options.erofs()) spec = { ...spec, fstype: 'erofs', mountOptions: [] };
-    if (options.mkfs === true) await mkfs(attachment.blockDevice, spec);
+    if (options.mkfs === true) {
+      if (await options.erofs()) spec = asErofs(spec);
+      await mkfs(attachment.blockDevice, spec);
+    }
     if (mountpoint !== undefined) {
-      await mountFs(attachment.blockDevice, mountpoint, { spec, writable });
+      // The file system asked for first; an EROFS image (magic at byte 1024, which
+      // upstream mounts as erofs whatever was asked) fails that mount and is looked for
+      // only then, so the usual mount does not wait for a read of its own.
+      try {
+        await mountFs(attachment.blockDevice, mountpoint, { spec, writable });
+      } catch (e) {
+        if (spec.fstype === 'erofs' || !(await options.erofs())) throw e;
+        spec = asErofs(spec);
+        await mountFs(attachment.blockDevice, mountpoint, { spec, writable });
+      }
       mounted = true;
     }
     await mkdir(sessionsDir(runDir), { recursive: true, mode: 0o700 });
