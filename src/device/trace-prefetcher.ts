@@ -30,7 +30,7 @@ import { open, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { debuglog } from 'node:util';
 import type { BlobReader, Evictable } from '../io/blob-reader.ts';
-import { isEvictable } from '../io/blob-reader.ts';
+import { isEvictable, isPrefetchable } from '../io/blob-reader.ts';
 import { InvalidArgumentError } from '../io/errors.ts';
 import type { DeviceConfig } from '../image/device-config.ts';
 import { decodeTrace, encodeTrace, hasTraceMagic, type TraceRecord } from './trace-file.ts';
@@ -318,7 +318,7 @@ export class TracePrefetcher {
     let next = 0;
     let piece = 0;
     const worker = async (): Promise<void> => {
-      const buf = new Uint8Array(REPLAY_PIECE);
+      let buf: Uint8Array | undefined;
       while (!this.#stopped) {
         const r = ranges[next];
         if (r === undefined) return;
@@ -333,7 +333,9 @@ export class TracePrefetcher {
         const layer = this.#layers.get(r.layerIndex);
         if (layer === undefined || length <= 0 || offset < 0 || offset >= layer.size) continue;
         try {
-          const n = await layer.readAt(buf.subarray(0, Math.min(length, layer.size - offset)), offset);
+          const want = Math.min(length, layer.size - offset);
+          // A decoder fetches the stored blocks into the cache without decoding them.
+          const n = isPrefetchable(layer) ? (await layer.prefetch(offset, want), want) : await layer.readAt((buf ??= new Uint8Array(REPLAY_PIECE)).subarray(0, want), offset);
           stats.pieces++;
           stats.bytes += n;
         } catch (e) {

@@ -41,6 +41,19 @@ export function isEvictable(r: unknown): r is Evictable {
 }
 
 /**
+ * Optional ability: bring what reading `[offset, offset+length)` needs into the caches
+ * below, without producing the bytes (a decoder skips decoding). Used by trace replay,
+ * which only warms the cache for later reads.
+ */
+export interface Prefetchable {
+  prefetch(offset: number, length: number): Promise<void>;
+}
+
+export function isPrefetchable(r: unknown): r is Prefetchable {
+  return typeof (r as Partial<Prefetchable>).prefetch === 'function';
+}
+
+/**
  * Reads exactly `buf.length` bytes at `offset`, or throws a `DataCorruptionError`
  * naming `what` when the blob ends first.
  */

@@ -471,6 +471,29 @@ test('ZFileReader.open rereads a jump table that fails its CRC through Evictable
   assert.equal(broken.evictions.length, 3);
 });
 
+test('ZFileReader.prefetch reads exactly the stored blocks of a range, without checking or decoding them', async () => {
+  const data = mixed(20000, 4);
+  const z = await compress(data, {});
+  const probe = await ZFileReader.open(new MemoryReader(z));
+  const first = probe.blockExtent(1);
+  const last = probe.blockExtent(3);
+  // Block 2 is corrupt: prefetch does not look, a read would.
+  const flaky = new FlakyReader(z, probe.blockExtent(2).offset + 3, Infinity);
+  const r = await ZFileReader.open(flaky);
+  const seen: Array<[number, number]> = [];
+  const inner = flaky.readAt.bind(flaky);
+  flaky.readAt = async (buf, offset) => {
+    seen.push([offset, buf.length]);
+    return inner(buf, offset);
+  };
+  await r.prefetch(4096 + 100, 3 * 4096 - 200);
+  assert.deepEqual(seen, [[first.offset, last.offset + last.length - first.offset]]);
+  assert.deepEqual(flaky.evictions, []);
+  await r.prefetch(data.length + 10, 5);
+  assert.equal(seen.length, 1, 'nothing past the end');
+  await assert.rejects(r.readAt(new Uint8Array(4096), 2 * 4096), /CRC mismatch/);
+});
+
 test('isZFile() tells ZFiles from plain blobs', async () => {
   assert.equal(await isZFile(new MemoryReader(new Uint8Array(100))), false);
   assert.equal(await isZFile(new MemoryReader(file(vector('lsmt', 'L1.commit')))), false);

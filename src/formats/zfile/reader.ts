@@ -17,7 +17,7 @@
  * ```
  */
 import type { BlobReader } from '../../io/blob-reader.ts';
-import { clampRead, isEvictable, readFully } from '../../io/blob-reader.ts';
+import { clampRead, isEvictable, readFully, type Prefetchable } from '../../io/blob-reader.ts';
 import { DataCorruptionError, FailedPreconditionError } from '../../io/errors.ts';
 import { DECODE_FAIL_BASE, crc32c, native } from '../../native/index.ts';
 import type { ZFileHeader } from './header.ts';
@@ -81,7 +81,7 @@ function maxStoredLength(blockSize: number): number {
  * A decoded view of a ZFile. `size` is `original_file_size`. Concurrent `readAt` calls
  * are allowed. `close` closes the underlying reader.
  */
-export class ZFileReader implements BlobReader {
+export class ZFileReader implements BlobReader, Prefetchable {
   readonly #src: BlobReader;
   readonly #name: string;
   readonly #info: ZFileInfo;
@@ -297,6 +297,31 @@ export class ZFileReader implements BlobReader {
       b = e;
     }
     return count;
+  }
+
+  /**
+   * Reads the stored blocks covering `[offset, offset+length)` from the source, without
+   * checking or decoding them: the source's caches keep them for later reads, which
+   * check and decode as usual (trace replay, `Prefetchable`).
+   */
+  async prefetch(offset: number, length: number): Promise<void> {
+    if (this.#closed) throw new FailedPreconditionError(`Cannot read ${this.#name}: reader is closed`);
+    const count = clampRead(this.size, offset, length);
+    if (count === 0) return;
+    const last = Math.floor((offset + count - 1) / this.#blockSize);
+    let b = Math.floor(offset / this.#blockSize);
+    while (b <= last) {
+      let e = b + 1;
+      while (e <= last && this.#start[e + 1]! - this.#start[b]! <= BATCH_BYTES) e++;
+      const from = this.#start[b]!;
+      const stored = this.#take(this.#start[e]! - from);
+      try {
+        await readFully(this.#src, stored, from, `${this.#name} blocks ${b}..${e - 1}`);
+      } finally {
+        this.#give(stored);
+      }
+      b = e;
+    }
   }
 
   /**
