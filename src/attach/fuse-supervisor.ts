@@ -30,17 +30,7 @@ import type { ChildProcess } from 'node:child_process';
 import { debuglog } from 'node:util';
 import { join } from 'node:path';
 import diagnostics from 'node:diagnostics_channel';
-import {
-  AlreadyExistsError,
-  DataCorruptionError,
-  FailedPreconditionError,
-  InvalidArgumentError,
-  NotFoundError,
-  PermissionDeniedError,
-  UnavailableError,
-  UnsupportedError,
-} from '../io/errors.ts';
-import type { ObdError } from '../io/errors.ts';
+import { errorClassOf, FailedPreconditionError, UnavailableError } from '../io/errors.ts';
 import { openFuse, openFuseDevice } from '../fuse/open-fuse.ts';
 import type { FuseMountpoint } from '../fuse/open-fuse.ts';
 import { fuseFileConfig } from '../fuse/serve-fuse-fd.ts';
@@ -124,16 +114,6 @@ export interface SupervisedFuse {
   unmount(options?: { abortAfterMs?: number }): Promise<void>;
 }
 
-const ERRORS: Record<string, new (message: string) => ObdError> = {
-  ERR_NOT_FOUND: NotFoundError,
-  ERR_ALREADY_EXISTS: AlreadyExistsError,
-  ERR_INVALID_ARGUMENT: InvalidArgumentError,
-  ERR_FAILED_PRECONDITION: FailedPreconditionError,
-  ERR_PERMISSION_DENIED: PermissionDeniedError,
-  ERR_UNAVAILABLE: UnavailableError,
-  ERR_DATA_CORRUPTION: DataCorruptionError,
-  ERR_UNSUPPORTED: UnsupportedError,
-};
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref());
 
@@ -204,7 +184,7 @@ class ServerProcess {
       const m = this.#received.shift();
       if (m !== undefined) {
         if (m.t === t) return m as Extract<ServerMessage, { t: T }>;
-        if (m.t === 'failed') throw new (ERRORS[m.code] ?? FailedPreconditionError)(m.message);
+        if (m.t === 'failed') throw new (errorClassOf(m.code) ?? FailedPreconditionError)(m.message);
         continue;
       }
       if (this.#exit !== undefined) {

@@ -23,29 +23,9 @@ import { extname } from 'node:path';
 import { once } from 'node:events';
 import type { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import {
-  AlreadyExistsError,
-  DataCorruptionError,
-  FailedPreconditionError,
-  InvalidArgumentError,
-  NotFoundError,
-  PermissionDeniedError,
-  UnavailableError,
-  UnsupportedError,
-  type ObdError,
-} from '../io/errors.ts';
+import { errorClassOf, FailedPreconditionError, UnavailableError } from '../io/errors.ts';
 import type { ApplyOptions, ApplyStats, LayerApplier } from './layer-applier.ts';
 
-const ERRORS: Record<string, new (message: string) => ObdError> = {
-  ERR_NOT_FOUND: NotFoundError,
-  ERR_ALREADY_EXISTS: AlreadyExistsError,
-  ERR_INVALID_ARGUMENT: InvalidArgumentError,
-  ERR_FAILED_PRECONDITION: FailedPreconditionError,
-  ERR_PERMISSION_DENIED: PermissionDeniedError,
-  ERR_UNAVAILABLE: UnavailableError,
-  ERR_DATA_CORRUPTION: DataCorruptionError,
-  ERR_UNSUPPORTED: UnsupportedError,
-};
 
 type ChildMessage =
   | { type: 'progress'; tarBytes: number; entries: number }
@@ -55,7 +35,7 @@ type ChildMessage =
 
 /** The error a child reported, as the same domain class. */
 function rebuild(m: { code?: string; name: string; message: string }): Error {
-  const Cls = m.code !== undefined ? ERRORS[m.code] : undefined;
+  const Cls = errorClassOf(m.code);
   return Cls !== undefined ? new Cls(m.message) : new FailedPreconditionError(`Cannot apply layer: ${m.name}: ${m.message}`);
 }
 

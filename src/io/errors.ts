@@ -69,6 +69,33 @@ export type ObdErrorCode =
   | DataCorruptionError['code']
   | UnsupportedError['code'];
 
+/**
+ * The error class of a stable code, for an error that crossed a process boundary as
+ * `{ code, message }` (a serving child, a daemon); undefined for an unknown code.
+ */
+export function errorClassOf(code: unknown): (new (message: string, options?: { cause?: unknown }) => ObdError) | undefined {
+  switch (code) {
+    case 'ERR_NOT_FOUND':
+      return NotFoundError;
+    case 'ERR_ALREADY_EXISTS':
+      return AlreadyExistsError;
+    case 'ERR_INVALID_ARGUMENT':
+      return InvalidArgumentError;
+    case 'ERR_FAILED_PRECONDITION':
+      return FailedPreconditionError;
+    case 'ERR_PERMISSION_DENIED':
+      return PermissionDeniedError;
+    case 'ERR_UNAVAILABLE':
+      return UnavailableError;
+    case 'ERR_DATA_CORRUPTION':
+      return DataCorruptionError;
+    case 'ERR_UNSUPPORTED':
+      return UnsupportedError;
+    default:
+      return undefined;
+  }
+}
+
 /** Converts a u64 read as bigint to a number, throwing when it is not exactly representable. */
 export function toSafeNumber(value: bigint, what: string): number {
   if (value > BigInt(Number.MAX_SAFE_INTEGER)) {

@@ -23,14 +23,10 @@ import { chmod, lstat, unlink } from 'node:fs/promises';
 import { debuglog } from 'node:util';
 import {
   AlreadyExistsError,
-  DataCorruptionError,
+  errorClassOf,
   FailedPreconditionError,
   InvalidArgumentError,
-  NotFoundError,
-  type ObdError,
-  PermissionDeniedError,
   UnavailableError,
-  UnsupportedError,
 } from '../io/errors.ts';
 
 const log = debuglog('obd');
@@ -40,16 +36,6 @@ export const PULL_SOCKET_NAME = 'rpull.sock';
 /** Largest request or answer body. */
 const MAX_BODY = 1 << 20;
 
-const ERRORS: Record<string, new (message: string) => ObdError> = {
-  ERR_NOT_FOUND: NotFoundError,
-  ERR_ALREADY_EXISTS: AlreadyExistsError,
-  ERR_INVALID_ARGUMENT: InvalidArgumentError,
-  ERR_FAILED_PRECONDITION: FailedPreconditionError,
-  ERR_PERMISSION_DENIED: PermissionDeniedError,
-  ERR_UNAVAILABLE: UnavailableError,
-  ERR_DATA_CORRUPTION: DataCorruptionError,
-  ERR_UNSUPPORTED: UnsupportedError,
-};
 
 /** Runs one pull for the given `obd rpull` arguments; resolves with what it prints. */
 export type PullHandler = (argv: string[]) => Promise<string>;
@@ -97,7 +83,7 @@ export async function servePullSocket(path: string, handle: PullHandler): Promis
         answer(200, { out: await handle(argv as string[]) });
       } catch (e) {
         const err = e as { code?: unknown; message?: unknown };
-        const code = typeof err.code === 'string' && err.code in ERRORS ? err.code : 'ERR_FAILED_PRECONDITION';
+        const code = errorClassOf(err.code) !== undefined ? (err.code as string) : 'ERR_FAILED_PRECONDITION';
         log('snapshotter: rpull %s failed: %s', (argv as string[]).join(' '), String(err.message ?? e));
         answer(code === 'ERR_INVALID_ARGUMENT' ? 400 : 500, { code, message: typeof err.message === 'string' ? err.message : String(e) });
       }
@@ -158,6 +144,6 @@ export async function callPullSocket(path: string, argv: string[]): Promise<stri
     throw new UnavailableError(`Cannot pull through the snapshotter daemon at ${path}: its answer (HTTP ${status}) is not JSON`);
   }
   if (status === 200 && typeof doc.out === 'string') return doc.out;
-  const Cls = typeof doc.code === 'string' ? (ERRORS[doc.code] ?? FailedPreconditionError) : FailedPreconditionError;
+  const Cls = errorClassOf(doc.code) ?? FailedPreconditionError;
   throw new Cls(typeof doc.message === 'string' ? doc.message : `the snapshotter daemon answered HTTP ${status}`);
 }
