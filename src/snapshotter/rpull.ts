@@ -129,20 +129,25 @@ async function readAll(stream: ReadableStream<Uint8Array>, limit: number, what: 
   return Buffer.concat(chunks);
 }
 
-/** Pulls `ref` into containerd without fetching layer data. See the module comment. */
-/** Loads the containerd gRPC client now (a long-running process that pulls later, e.g. the snapshotter daemon). */
-export async function preloadRpull(): Promise<void> {
-  await Promise.all([import('./_containerd-client.ts'), import('./grpc-client.ts')]);
+/** The containerd gRPC clients (grpc-js, proto-loader: ~120 ms to load), loaded on first need. */
+function grpcClients() {
+  return Promise.all([import('./_containerd-client.ts'), import('./grpc-client.ts')]);
 }
 
+/** Loads the containerd gRPC client now (a long-running process that pulls later, e.g. the snapshotter daemon). */
+export async function preloadRpull(): Promise<void> {
+  await grpcClients();
+}
+
+/** Pulls `ref` into containerd without fetching layer data. See the module comment. */
 export async function rpull(ref: string, options: RpullOptions = {}): Promise<RpullResult> {
   const parsed: Reference = parseReference(ref);
   const name = formatReference(parsed);
   const snapshotterName = options.snapshotter ?? 'overlaybd';
   const address = options.containerdAddress ?? DEFAULT_CONTAINERD_ADDRESS;
   const signal = options.signal === undefined ? {} : { signal: options.signal };
-  // The gRPC modules (grpc-js, proto-loader: ~120 ms to load) load while the registry answers.
-  const grpcModules = Promise.all([import('./_containerd-client.ts'), import('./grpc-client.ts')]);
+  // The gRPC modules load while the registry answers.
+  const grpcModules = grpcClients();
   void grpcModules.catch(() => undefined);
   // containerd's side starts at once too: the lease needs nothing from the registry.
   const leasing = (async () => {
@@ -171,10 +176,12 @@ export async function rpull(ref: string, options: RpullOptions = {}): Promise<Rp
     const registry = new RegistryClient(options.registry ?? {});
     let resolved;
     let configBytes: Uint8Array;
+    let manifest: ReturnType<typeof parseManifest>;
     const traceLayers = new Map<string, Uint8Array>();
     try {
       resolved = await registry.resolveImage(parsed, { ...signal, ...(options.platform === undefined ? {} : { platform: options.platform }) });
-      const m = parseManifest(resolved.manifest.bytes, resolved.manifest.digest);
+      manifest = parseManifest(resolved.manifest.bytes, resolved.manifest.digest);
+      const m = manifest;
       if (m.config.size > MAX_CONFIG_BYTES) throw new DataCorruptionError(`Cannot pull ${name}: config ${m.config.digest} claims ${m.config.size} bytes`);
       // The config and the acceleration layers' traces, side by side (one round trip).
       const accelerated = new Map(m.layers.filter((l) => l.annotations[LABELS.accelerationLayer] === 'yes').map((l) => [l.digest, l]));
@@ -192,7 +199,6 @@ export async function rpull(ref: string, options: RpullOptions = {}): Promise<Rp
     } finally {
       await registry.close();
     }
-    const manifest = parseManifest(resolved.manifest.bytes, resolved.manifest.digest);
     const diffIds = parseDiffIds(configBytes, manifest.config.digest);
     if (diffIds.length !== manifest.layers.length) {
       throw new DataCorruptionError(`Cannot pull ${name}: the manifest lists ${manifest.layers.length} layers, the config ${diffIds.length} diff IDs`);
