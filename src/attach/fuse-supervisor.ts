@@ -529,14 +529,12 @@ export class PreparedServer {
   take(server: ServerCommand): { fd: number; child: ServerProcess } | undefined {
     const fd = this.#fd;
     const child = this.#child;
-    this.#fd = undefined;
-    this.#child = undefined;
-    if (fd === undefined || child === undefined) return undefined;
-    if (!child.alive || !sameCommand(server, this.server)) {
-      child.kill();
-      closeSync(fd);
+    if (fd === undefined || child === undefined || !child.alive || !sameCommand(server, this.server)) {
+      this.close();
       return undefined;
     }
+    this.#fd = undefined;
+    this.#child = undefined;
     child.child.ref();
     (child.child.channel as { ref?: () => void } | null | undefined)?.ref?.();
     return { fd, child };
@@ -544,7 +542,11 @@ export class PreparedServer {
 
   /** Ends the child and closes the fd unless taken. */
   close(): void {
-    this.take({ command: '', args: [] });
+    if (this.#child === undefined || this.#fd === undefined) return;
+    this.#child.kill();
+    closeSync(this.#fd);
+    this.#child = undefined;
+    this.#fd = undefined;
   }
 }
 
