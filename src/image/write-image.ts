@@ -4,20 +4,12 @@
  * `diff_ids` equal the layer digests (uncompressed tar-wrapped blobs, §4.1), and the
  * manifest is tagged.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { fileDigest } from './file-digest.ts';
 import { ANNOTATIONS, MEDIA_TYPES, type Descriptor, type Manifest } from './descriptor.ts';
 import type { OciLayout } from './oci-layout.ts';
 import { hostPlatform } from './image-device-config.ts';
 
 export const OVERLAYBD_VERSION = '0.1.0';
-
-async function fileDigest(path: string): Promise<{ digest: string; size: number }> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return { digest: `sha256:${h.digest('hex')}`, size: (await stat(path)).size };
-}
 
 export interface WriteImageOptions {
   /** Committed layer files (tar-wrapped ZFiles), bottom first. */
