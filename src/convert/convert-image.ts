@@ -38,7 +38,7 @@
 import { createHash } from 'node:crypto';
 import { channel } from 'node:diagnostics_channel';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -46,6 +46,7 @@ import { DataCorruptionError, FailedPreconditionError, InvalidArgumentError, Obd
 import { ANNOTATIONS, isIndexMediaType, isManifestMediaType, MEDIA_TYPES, type Descriptor, type Index, type Manifest } from '../image/descriptor.ts';
 import { openImageEndpoint, type ImageEndpoint } from '../image/image-endpoint.ts';
 import { isOciLayoutRef, parseOciLayoutRef } from '../image/oci-layout.ts';
+import { fileDigest } from '../image/file-digest.ts';
 import { parseRepoBlobUrl, type RemoteAccess } from '../image/remote-access.ts';
 import { OVERLAYBD_VERSION } from '../image/write-image.ts';
 import { RawImageBuilder, type RawBuiltLayer } from './raw-image-builder.ts';
@@ -213,12 +214,6 @@ async function* verified(source: AsyncIterable<Uint8Array>, desc: Descriptor, on
   if (got !== desc.digest || n !== desc.size) {
     throw new DataCorruptionError(`Cannot convert layer ${desc.digest}: the blob has ${n} bytes hashing to ${got} (expected ${desc.size} bytes)`);
   }
-}
-
-async function fileDigest(path: string): Promise<{ digest: string; size: number }> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return { digest: `sha256:${h.digest('hex')}`, size: (await stat(path)).size };
 }
 
 /** One conversion run. */
@@ -509,6 +504,7 @@ class Conversion {
       parentUuid: i > 0 ? layerUuid(at.chain[i - 1] as string) : undefined,
       zfile: { algorithm: this.#o.algorithm ?? 'lz4', blockSize: this.#o.blockSize ?? 4096 },
       expect: at.expect,
+      last: i === count - 1,
       applyOptions: {
         onProgress: (p) => {
           applied = p.tarBytes;

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { buildTar } from './tar-writer.ts';
 import { DirectoryApplier } from './directory-applier.ts';
-import { diffInto, RawImageBuilder, rangeSegments, unionExtents } from './raw-image-builder.ts';
+import { diffInto, RawImageBuilder, rangeSegments, scratchMountSpec, unionExtents } from './raw-image-builder.ts';
 import { openDevice } from '../device/open-device.ts';
 import { exportRaw } from '../device/export-raw.ts';
 
@@ -49,7 +49,15 @@ test('diffInto finds exactly the changed blocks, zeros included, and updates the
     for (const [b, f] of [[1, 1], [2, 9], [3, 8], [5, 0], [7, 7], [9, 0]] as const) await disk.write(block(f), 0, 4096, b * 4096);
     await disk.truncate(size);
     await shadow.truncate(size);
-    assert.deepEqual(await diffInto(disk, shadow, size), [
+    const expected = [
+      [2 * 4096, 4 * 4096],
+      [5 * 4096, 6 * 4096],
+      [7 * 4096, 8 * 4096],
+    ];
+    const before = readFileSync(join(dir, 'shadow'));
+    assert.deepEqual(await diffInto(disk, shadow, { size, update: false }), expected);
+    assert.deepEqual(readFileSync(join(dir, 'shadow')), before, 'update: false leaves the shadow as it was');
+    assert.deepEqual(await diffInto(disk, shadow, { size }), [
       [2 * 4096, 4 * 4096],
       [5 * 4096, 6 * 4096],
       [7 * 4096, 8 * 4096],
@@ -59,12 +67,18 @@ test('diffInto finds exactly the changed blocks, zeros included, and updates the
     assert.ok(got.every((x) => x === 8), 'the shadow took the new content');
     await shadow.read(got, 0, 4096, 5 * 4096);
     assert.ok(got.every((x) => x === 0), 'and the zeros');
-    assert.deepEqual(await diffInto(disk, shadow, size), [], 'a second diff finds nothing');
+    assert.deepEqual(await diffInto(disk, shadow, { size }), [], 'a second diff finds nothing');
     await disk.close();
     await shadow.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('scratchMountSpec adds nobarrier to ext4 only, and keeps an explicit barrier option', () => {
+  assert.deepEqual(scratchMountSpec({ fstype: 'ext4', mountOptions: ['discard'], mkfsOptions: [] }).mountOptions, ['discard', 'nobarrier']);
+  assert.deepEqual(scratchMountSpec({ fstype: 'ext4', mountOptions: ['barrier=1'], mkfsOptions: [] }).mountOptions, ['barrier=1']);
+  assert.deepEqual(scratchMountSpec({ fstype: 'xfs', mountOptions: [], mkfsOptions: [] }).mountOptions, []);
 });
 
 test('rangeSegments maps byte ranges to same-offset entries within the entry length limit', () => {
@@ -148,7 +162,9 @@ test('layers built on one disk, and on a disk made from reused lowers, stack to 
     let fileB2: string;
     try {
       assert.equal(two.size, 1 << 30);
-      fileB2 = await (await two.build(Readable.from([layerB]), { dir: join(dir, 'B2'), uuid: '', zfile })).committed;
+      // The last layer is committed from the disk itself; nothing may follow it.
+      fileB2 = await (await two.build(Readable.from([layerB]), { dir: join(dir, 'B2'), uuid: '', zfile, last: true })).committed;
+      await assert.rejects(two.build(Readable.from([layerB]), { dir: join(dir, 'C'), uuid: '', zfile }), { name: 'FailedPreconditionError', message: /last layer/ });
     } finally {
       await two.close();
     }

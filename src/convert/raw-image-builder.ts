@@ -39,7 +39,7 @@
  */
 import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { openFileReader } from '../io/file-reader.ts';
+import { openFileReader, type FileReader } from '../io/file-reader.ts';
 import { commitLayer } from '../formats/lsmt/commit.ts';
 import { MAX_SEGMENT_LENGTH, SECTOR, type Segment } from '../formats/lsmt/segment.ts';
 import { seekDataExtents, type Extent } from '../formats/lsmt/sparse-layer.ts';
@@ -50,6 +50,7 @@ import { exportRaw } from '../device/export-raw.ts';
 import { attachLoop, detachLoop } from '../attach/loop-device.ts';
 import { isMountPoint, mkfs, mountFs, parseFsSpec, remountFs, umountFs, type FsSpec } from '../attach/filesystem.ts';
 import { DataCorruptionError, FailedPreconditionError } from '../io/errors.ts';
+import { native } from '../native/index.ts';
 import type { ApplyOptions, ApplyStats, LayerApplier } from './layer-applier.ts';
 
 /** Comparison granularity: a file-system block. */
@@ -90,6 +91,11 @@ export interface RawLayerOptions {
   expect?: { blobDigest?: string; blobSize?: number; diffId?: string; what?: string };
   /** Called once the apply is done, before the layer's blocks are collected and committed. */
   onCommit?: () => void;
+  /**
+   * No layer follows: the disk does not change again, so the commit reads it directly and
+   * the shadow is not brought up to date. Later builds are refused.
+   */
+  last?: boolean;
 }
 
 export interface RawBuiltLayer {
@@ -142,49 +148,99 @@ export function unionExtents(a: readonly Extent[], b: readonly Extent[], size: n
   return out;
 }
 
+/** Chunks read ahead of the one being compared (each reads both files). */
+const DIFF_WINDOW = 3;
+
+interface DiffChunk {
+  at: number;
+  n: number;
+  /** Whether the shadow holds data here; else it reads zeros and is not read. */
+  both: boolean;
+}
+
 /**
- * Finds every block of `disk` that differs from `shadow` and copies it into `shadow`.
- * Returns the changed byte ranges (whole blocks, in order, adjacent ones merged).
+ * Finds every block of `disk` that differs from `shadow` and, unless `update` is false,
+ * copies it into `shadow`. Returns the changed byte ranges (whole blocks, in order,
+ * adjacent ones merged).
+ *
+ * The data extents are read in chunks, {@link DIFF_WINDOW} chunks ahead of the compare,
+ * and changed blocks are written back while the next chunks are compared.
  */
-export async function diffInto(disk: FileHandle, shadow: FileHandle, size: number): Promise<Extent[]> {
+export async function diffInto(disk: FileHandle, shadow: FileHandle, options: { size: number; update?: boolean }): Promise<Extent[]> {
+  const { size, update = true } = options;
   const shadowData = await seekDataExtents(shadow, 0, size);
   const ranges = unionExtents(await seekDataExtents(disk, 0, size), shadowData, size);
-  // Whether the shadow holds data in [at, at+n) (asked with increasing `at`): else it reads zeros, unread.
   let si = 0;
   const shadowHasData = (at: number, n: number): boolean => {
     while (si < shadowData.length && (shadowData[si] as Extent)[1] <= at) si++;
     return si < shadowData.length && (shadowData[si] as Extent)[0] < at + n;
   };
-  const a = Buffer.allocUnsafe(CHUNK);
-  const b = Buffer.allocUnsafe(CHUNK);
-  const changed: Array<[number, number]> = [];
-  const emit = async (from: number, to: number, at: number): Promise<void> => {
-    await writeFull(shadow, a.subarray(from, to), at + from);
-    const last = changed[changed.length - 1];
-    if (last !== undefined && last[1] === at + from) last[1] = at + to;
-    else changed.push([at + from, at + to]);
-  };
+  const chunks: DiffChunk[] = [];
   for (const [start, end] of ranges) {
     for (let at = start; at < end; at += CHUNK) {
       const n = Math.min(CHUNK, end - at);
-      if (shadowHasData(at, n)) {
-        await Promise.all([readFull(disk, a.subarray(0, n), at), readFull(shadow, b.subarray(0, n), at)]);
-      } else {
-        b.fill(0, 0, n);
-        await readFull(disk, a.subarray(0, n), at);
-      }
-      if (a.compare(b, 0, n, 0, n) === 0) continue;
-      let run = -1;
-      for (let k = 0; k < n; k += BLOCK) {
-        const differs = a.compare(b, k, k + BLOCK, k, k + BLOCK) !== 0;
-        if (differs && run < 0) run = k;
-        if (!differs && run >= 0) {
-          await emit(run, k, at);
-          run = -1;
-        }
-      }
-      if (run >= 0) await emit(run, n, at);
+      chunks.push({ at, n, both: shadowHasData(at, n) });
     }
+  }
+  type Buffers = { a: Buffer; b: Buffer };
+  const free: Buffers[] = [];
+  const load = async (c: DiffChunk): Promise<Buffers> => {
+    const bufs = free.pop() ?? { a: Buffer.allocUnsafe(CHUNK), b: Buffer.allocUnsafe(CHUNK) };
+    const reads = [readFull(disk, bufs.a.subarray(0, c.n), c.at)];
+    if (c.both) reads.push(readFull(shadow, bufs.b.subarray(0, c.n), c.at));
+    await Promise.all(reads);
+    return bufs;
+  };
+  const changed: Array<[number, number]> = [];
+  const reading: Array<Promise<Buffers>> = [];
+  const writing = new Set<Promise<void>>();
+  let next = 0;
+  try {
+    for (const c of chunks) {
+      while (next < chunks.length && reading.length < DIFF_WINDOW) {
+        const p = load(chunks[next++] as DiffChunk);
+        p.catch(() => {}); // awaited in order below
+        reading.push(p);
+      }
+      const bufs = await (reading.shift() as Promise<Buffers>);
+      const { a, b } = bufs;
+      // Whether [k, k+len) of the chunk differs (the shadow reads zeros where it has no data).
+      const differs = (k: number, len: number): boolean => (c.both ? a.compare(b, k, k + len, k, k + len) !== 0 : !native.isAllZero(a.subarray(k, k + len)));
+      const writes: Array<Promise<void>> = [];
+      if (differs(0, c.n)) {
+        const emit = (from: number, to: number): void => {
+          if (update) writes.push(writeFull(shadow, a.subarray(from, to), c.at + from));
+          const last = changed[changed.length - 1];
+          if (last !== undefined && last[1] === c.at + from) last[1] = c.at + to;
+          else changed.push([c.at + from, c.at + to]);
+        };
+        let run = -1;
+        for (let k = 0; k < c.n; k += BLOCK) {
+          const d = differs(k, BLOCK);
+          if (d && run < 0) run = k;
+          if (!d && run >= 0) {
+            emit(run, k);
+            run = -1;
+          }
+        }
+        if (run >= 0) emit(run, c.n);
+      }
+      if (writes.length === 0) {
+        free.push(bufs);
+        continue;
+      }
+      // The chunk's buffers are reused once its writes are done.
+      const done: Promise<void> = Promise.all(writes).then(() => {
+        writing.delete(done);
+        free.push(bufs);
+      });
+      done.catch(() => {}); // awaited below (race, all)
+      writing.add(done);
+      if (writing.size >= DIFF_WINDOW) await Promise.race(writing);
+    }
+    await Promise.all(writing);
+  } finally {
+    await Promise.allSettled([...reading, ...writing]);
   }
   return changed;
 }
@@ -214,6 +270,17 @@ async function copySparse(src: FileHandle, dst: FileHandle, size: number): Promi
   await dst.truncate(size);
 }
 
+/**
+ * The disk is scratch (its layers are what is kept): ext4 is mounted `nobarrier`, so
+ * remounting read-only between layers writes the file system back into `disk.img` without
+ * also flushing `disk.img` to the host's disk (the loop device turns a flush into an
+ * fsync of its file). Other file systems, and an explicit `barrier` option, are left alone.
+ */
+export function scratchMountSpec(spec: FsSpec): FsSpec {
+  if (spec.fstype !== 'ext4' || spec.mountOptions.some((o) => /^(no)?barrier/.test(o))) return spec;
+  return { ...spec, mountOptions: [...spec.mountOptions, 'nobarrier'] };
+}
+
 export class RawImageBuilder {
   readonly #o: RawImageBuilderOptions;
   readonly #spec: FsSpec;
@@ -225,6 +292,8 @@ export class RawImageBuilder {
   /** The commit in flight (settled: never rejects). */
   #lastCommit: Promise<void> = Promise.resolve();
   #closed = false;
+  /** A build with `last` was made. */
+  #finished = false;
   #mounted = false;
   #closing: Promise<void> | undefined;
 
@@ -288,13 +357,15 @@ export class RawImageBuilder {
    */
   async build(layer: AsyncIterable<Uint8Array>, options: RawLayerOptions): Promise<RawBuiltLayer> {
     if (this.#closed) throw new FailedPreconditionError('Cannot build a layer: the disk image is closed');
+    if (this.#finished) throw new FailedPreconditionError('Cannot build a layer: the last layer of this disk image was built');
+    this.#finished = options.last === true;
     const applier = this.#o.applier;
     applier.prepare?.();
     // Mounted once, then read-only between layers: remounting read-only writes everything
     // back and marks the file system clean, as an unmount does, but keeps the kernel's
     // inode and directory caches for the next layer.
     if (this.#mounted) await remountFs(this.#mnt, { writable: true });
-    else await mountFs(this.#loop, this.#mnt, { spec: this.#spec, writable: true });
+    else await mountFs(this.#loop, this.#mnt, { spec: scratchMountSpec(this.#spec), writable: true });
     this.#mounted = true;
     let stats: ApplyStats;
     try {
@@ -310,8 +381,11 @@ export class RawImageBuilder {
     const file = join(dir, 'overlaybd.commit');
     // The previous layer's commit reads the shadow: it must be done before the shadow changes.
     await this.#lastCommit;
-    const changed = await diffInto(this.#disk, this.#shadow, this.#size);
-    const committed = this.#commit(rangeSegments(changed), file, options);
+    const last = options.last === true;
+    const changed = await diffInto(this.#disk, this.#shadow, { size: this.#size, update: !last });
+    // Opened here: close() may delete disk.img as soon as this returns.
+    const source = await openFileReader(join(resolve(this.#o.dir), last ? 'disk.img' : 'shadow.img'));
+    const committed = this.#commit({ source, segments: rangeSegments(changed), file }, options);
     committed.catch(() => {}); // the caller awaits it; close() waits for it
     this.#lastCommit = committed.then(
       () => {},
@@ -320,9 +394,8 @@ export class RawImageBuilder {
     return { stats, committed };
   }
 
-  /** Commits `segments` of the shadow (a tar-wrapped ZFile, `overlaybd-commit -z -t`). */
-  async #commit(segments: Segment[], file: string, options: RawLayerOptions): Promise<string> {
-    const source = await openFileReader(join(resolve(this.#o.dir), 'shadow.img'));
+  /** Commits `segments` of `source` (a tar-wrapped ZFile, `overlaybd-commit -z -t`); closes `source`. */
+  async #commit({ source, segments, file }: { source: FileReader; segments: Segment[]; file: string }, options: RawLayerOptions): Promise<string> {
     try {
       const zfile = { ...options.zfile, verify: true, rewriteHeader: true };
       await writeLayerFile(file, { zfile, tar: true, overwrite: true }, (sink) =>
@@ -342,8 +415,8 @@ export class RawImageBuilder {
   }
 
   /**
-   * Detaches the disk and deletes it while the last commit finishes (it reads only the
-   * shadow), then deletes the shadow. Later calls return the same promise.
+   * Detaches the disk while the last commit finishes, then deletes the disk and the
+   * shadow. Later calls return the same promise.
    */
   close(): Promise<void> {
     this.#closing ??= this.#close();
@@ -358,6 +431,8 @@ export class RawImageBuilder {
       this.#mounted = false;
       await detachLoop(this.#loop);
       await this.#disk.close();
+      // A last layer's commit reads the disk: deleted after, its blocks are freed off that path.
+      await this.#lastCommit;
       await rm(join(dir, 'disk.img'), { force: true });
     };
     const [disk] = await Promise.allSettled([releaseDisk(), this.#lastCommit]);
