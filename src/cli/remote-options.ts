@@ -5,21 +5,13 @@
  * ~/.docker/config.json), `--cache-dir D`, `--cache-size-gb N`, `--refill-kb N`,
  * `--concurrency N`.
  */
-import type { OptionSpec, Parsed } from './args.ts';
+import type { Parsed } from './args.ts';
+import { REMOTE_OPTIONS } from './remote-option-spec.ts';
 import { integer, str } from './args.ts';
 import { RemoteAccess, type RemoteAccessOptions } from '../image/remote-access.ts';
 import { chainCredentials, credJsonCredentials, dockerConfigCredentials } from '../registry/credentials.ts';
 
-export const REMOTE_OPTIONS: OptionSpec = {
-  'plain-http': { type: 'string', multiple: true },
-  insecure: { type: 'string', multiple: true },
-  'cred-file': { type: 'string' },
-  'docker-config': { type: 'string' },
-  'cache-dir': { type: 'string' },
-  'cache-size-gb': { type: 'string' },
-  'refill-kb': { type: 'string' },
-  concurrency: { type: 'string' },
-};
+export { REMOTE_OPTIONS };
 
 function list(p: Parsed, name: string): string[] {
   const v = p.values[name];

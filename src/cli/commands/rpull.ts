@@ -9,7 +9,7 @@ import { isAbsolute, resolve } from 'node:path';
 import type { Command } from '../command.ts';
 import type { CliIo } from '../io.ts';
 import { flag, parse, str, type OptionSpec } from '../args.ts';
-import { REMOTE_OPTIONS } from '../remote-options.ts';
+import { REMOTE_OPTIONS } from '../remote-option-spec.ts';
 import { callPullSocket } from '../../snapshotter/pull-socket.ts';
 import { dockerConfigPath } from '../../registry/credentials.ts';
 
