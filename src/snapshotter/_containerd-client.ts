@@ -18,7 +18,7 @@ import {
   UnavailableError,
   UnsupportedError,
 } from '../io/errors.ts';
-import { protoDir } from './_proto.ts';
+import { protoDir, snapshotsService, warmCodecs } from './_proto.ts';
 
 /** The gRPC metadata key containerd reads the namespace from. */
 export const NAMESPACE_HEADER = 'containerd-namespace';
@@ -64,6 +64,12 @@ function loadServices(): { content: Ctor; images: Ctor; leases: Ctor } {
   const s = pkg.containerd.services;
   services = { content: s.content.v1.Content, images: s.images.v1.Images, leases: s.leases.v1.Leases };
   return services;
+}
+
+/** Loads containerd's service definitions and runs their codecs once (see `warmCodecs`), off a pull's path. */
+export function warmContainerdClient(): void {
+  for (const ctor of Object.values(loadServices())) warmCodecs(ctor.service);
+  warmCodecs(snapshotsService().service);
 }
 
 /** containerd's gRPC status → domain error (containerd `errgrpc.ToNative`). */

@@ -46,6 +46,32 @@ export function snapshotsService(): grpc.ServiceClientConstructor {
   return cached;
 }
 
+/**
+ * Runs every codec of `service` once on empty messages (and on one nested Info, Mount
+ * and label map), so that protobufjs generates its encoders and decoders now rather
+ * than on the first call: ~40 ms of CPU on a small machine, on the first pull's path
+ * otherwise. Never throws.
+ */
+export function warmCodecs(service: grpc.ServiceDefinition): void {
+  const sample = { info: { labels: { k: 'v' } }, mounts: [{ options: [''] }], labels: { k: 'v' } };
+  for (const m of Object.values(service)) {
+    for (const run of [
+      () => m.requestSerialize({}),
+      () => m.requestSerialize(sample),
+      () => m.responseSerialize({}),
+      () => m.responseSerialize(sample),
+      () => m.requestDeserialize(Buffer.alloc(0)),
+      () => m.responseDeserialize(Buffer.alloc(0)),
+    ]) {
+      try {
+        run();
+      } catch {
+        // A message without those fields: nothing to warm.
+      }
+    }
+  }
+}
+
 /** Wire form of a google.protobuf.Timestamp. */
 export interface WireTimestamp {
   seconds: number;

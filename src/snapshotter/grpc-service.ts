@@ -36,7 +36,7 @@ import {
   UnsupportedError,
 } from '../io/errors.ts';
 import type { Info, Snapshotter } from './snapshotter.ts';
-import { fromWireInfo, snapshotsService, toWireInfo, toWireMount, type WireInfo } from './_proto.ts';
+import { fromWireInfo, snapshotsService, toWireInfo, toWireMount, warmCodecs, type WireInfo } from './_proto.ts';
 
 const log = debuglog('obd');
 
@@ -193,7 +193,10 @@ export async function startSnapshotterServer(options: SnapshotterServerOptions):
   await mkdir(dirname(address), { recursive: true, mode: 0o700 });
   await removeStaleSocket(address);
   const server = new grpc.Server();
-  server.addService(snapshotsService().service, snapshotsHandlers(options.snapshotter, options.observe));
+  const service = snapshotsService().service;
+  server.addService(service, snapshotsHandlers(options.snapshotter, options.observe));
+  // The codecs are generated now, not during the first pull's Prepare and Commit calls.
+  setImmediate(() => warmCodecs(service));
   await new Promise<void>((resolve, reject) => {
     server.bindAsync(`unix:${address}`, grpc.ServerCredentials.createInsecure(), (err) => (err === null ? resolve() : reject(err)));
   });

@@ -47,6 +47,7 @@ import { randomBytes } from 'node:crypto';
 import { debuglog } from 'node:util';
 import { AlreadyExistsError, DataCorruptionError, FailedPreconditionError, NotFoundError } from '../io/errors.ts';
 import { RegistryClient, type RegistryClientOptions } from '../registry/client.ts';
+import { warmHttp } from '../registry/node-transport.ts';
 import type { Platform } from '../registry/platform.ts';
 import { formatReference, parseReference, type Reference } from '../registry/reference.ts';
 import { MemoryReader } from '../io/memory-reader.ts';
@@ -134,9 +135,15 @@ function grpcClients() {
   return Promise.all([import('./_containerd-client.ts'), import('./grpc-client.ts')]);
 }
 
-/** Loads the containerd gRPC client now (a long-running process that pulls later, e.g. the snapshotter daemon). */
+/**
+ * Readies a long-running process that pulls later (the snapshotter daemon): loads the
+ * containerd gRPC client and its service definitions, generates the message codecs, and
+ * loads the HTTP client's header class; all of it otherwise runs on the first pull's path.
+ */
 export async function preloadRpull(): Promise<void> {
-  await grpcClients();
+  const [{ warmContainerdClient }] = await grpcClients();
+  warmContainerdClient();
+  warmHttp();
 }
 
 /** Pulls `ref` into containerd without fetching layer data. See the module comment. */
