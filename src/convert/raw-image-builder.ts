@@ -40,7 +40,7 @@
 import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { openFileReader, type FileReader } from '../io/file-reader.ts';
-import { commitLayer } from '../formats/lsmt/commit.ts';
+import { commitLayer, commitPieces, type CommitHeader } from '../formats/lsmt/commit.ts';
 import { MAX_SEGMENT_LENGTH, SECTOR, type Segment } from '../formats/lsmt/segment.ts';
 import { seekDataExtents, type Extent } from '../formats/lsmt/sparse-layer.ts';
 import { writeLayerFile } from '../formats/layer-files.ts';
@@ -92,8 +92,9 @@ export interface RawLayerOptions {
   /** Called once the apply is done, before the layer's blocks are collected and committed. */
   onCommit?: () => void;
   /**
-   * No layer follows: the disk does not change again, so the commit reads it directly and
-   * the shadow is not brought up to date. Later builds are refused.
+   * No layer follows: the disk does not change again, so its changed blocks go into the
+   * commit as the diff finds them, and the shadow is not brought up to date. Later builds
+   * are refused.
    */
   last?: boolean;
 }
@@ -161,13 +162,19 @@ interface DiffChunk {
 /**
  * Finds every block of `disk` that differs from `shadow` and, unless `update` is false,
  * copies it into `shadow`. Returns the changed byte ranges (whole blocks, in order,
- * adjacent ones merged).
+ * adjacent ones merged); with `onChanged`, also hands over their bytes as they are found,
+ * in order (each run of changed blocks of a chunk; the bytes are only valid until the
+ * returned promise settles).
  *
  * The data extents are read in chunks, {@link DIFF_WINDOW} chunks ahead of the compare,
  * and changed blocks are written back while the next chunks are compared.
  */
-export async function diffInto(disk: FileHandle, shadow: FileHandle, options: { size: number; update?: boolean }): Promise<Extent[]> {
-  const { size, update = true } = options;
+export async function diffInto(
+  disk: FileHandle,
+  shadow: FileHandle,
+  options: { size: number; update?: boolean; onChanged?: (offset: number, data: Uint8Array) => Promise<void> },
+): Promise<Extent[]> {
+  const { size, update = true, onChanged } = options;
   const shadowData = await seekDataExtents(shadow, 0, size);
   const ranges = unionExtents(await seekDataExtents(disk, 0, size), shadowData, size);
   let si = 0;
@@ -207,9 +214,11 @@ export async function diffInto(disk: FileHandle, shadow: FileHandle, options: { 
       // Whether [k, k+len) of the chunk differs (the shadow reads zeros where it has no data).
       const differs = (k: number, len: number): boolean => (c.both ? a.compare(b, k, k + len, k, k + len) !== 0 : !native.isAllZero(a.subarray(k, k + len)));
       const writes: Array<Promise<void>> = [];
+      const runs: Array<[number, number]> = [];
       if (differs(0, c.n)) {
         const emit = (from: number, to: number): void => {
           if (update) writes.push(writeFull(shadow, a.subarray(from, to), c.at + from));
+          if (onChanged !== undefined) runs.push([from, to]);
           const last = changed[changed.length - 1];
           if (last !== undefined && last[1] === c.at + from) last[1] = c.at + to;
           else changed.push([c.at + from, c.at + to]);
@@ -225,6 +234,7 @@ export async function diffInto(disk: FileHandle, shadow: FileHandle, options: { 
         }
         if (run >= 0) emit(run, c.n);
       }
+      for (const [from, to] of runs) await (onChanged as NonNullable<typeof onChanged>)(c.at + from, a.subarray(from, to));
       if (writes.length === 0) {
         free.push(bufs);
         continue;
@@ -381,11 +391,16 @@ export class RawImageBuilder {
     const file = join(dir, 'overlaybd.commit');
     // The previous layer's commit reads the shadow: it must be done before the shadow changes.
     await this.#lastCommit;
-    const last = options.last === true;
-    const changed = await diffInto(this.#disk, this.#shadow, { size: this.#size, update: !last });
-    // Opened here: close() may delete disk.img as soon as this returns.
-    const source = await openFileReader(join(resolve(this.#o.dir), last ? 'disk.img' : 'shadow.img'));
-    const committed = this.#commit({ source, segments: rangeSegments(changed), file }, options);
+    let committed: Promise<string>;
+    if (options.last === true) {
+      // Nothing changes the disk again: its changed blocks go straight into the commit
+      // as the diff finds them (the shadow is left as it is).
+      committed = this.#commitDiff(file, options);
+    } else {
+      const changed = await diffInto(this.#disk, this.#shadow, { size: this.#size });
+      const source = await openFileReader(join(resolve(this.#o.dir), 'shadow.img'));
+      committed = this.#commit({ source, segments: rangeSegments(changed), file }, options);
+    }
     committed.catch(() => {}); // the caller awaits it; close() waits for it
     this.#lastCommit = committed.then(
       () => {},
@@ -394,20 +409,28 @@ export class RawImageBuilder {
     return { stats, committed };
   }
 
+  /** The zfile settings and LSMT header of a layer's commit. */
+  #commitSettings(options: RawLayerOptions): { zfile: RawLayerOptions['zfile'] & { verify: true; rewriteHeader: true }; header: CommitHeader } {
+    return {
+      zfile: { ...options.zfile, verify: true, rewriteHeader: true },
+      header: { virtualSize: this.#size, uuid: options.uuid, ...(options.parentUuid !== undefined ? { parentUuid: options.parentUuid } : {}) },
+    };
+  }
+
+  /** Commits the blocks of the disk that differ from the shadow, as the diff finds them. */
+  async #commitDiff(file: string, options: RawLayerOptions): Promise<string> {
+    const { zfile, header } = this.#commitSettings(options);
+    await writeLayerFile(file, { zfile, tar: true, overwrite: true }, (sink) =>
+      commitPieces(header, async (put) => void (await diffInto(this.#disk, this.#shadow, { size: this.#size, update: false, onChanged: put })), sink),
+    );
+    return file;
+  }
+
   /** Commits `segments` of `source` (a tar-wrapped ZFile, `overlaybd-commit -z -t`); closes `source`. */
   async #commit({ source, segments, file }: { source: FileReader; segments: Segment[]; file: string }, options: RawLayerOptions): Promise<string> {
     try {
-      const zfile = { ...options.zfile, verify: true, rewriteHeader: true };
-      await writeLayerFile(file, { zfile, tar: true, overwrite: true }, (sink) =>
-        commitLayer(
-          {
-            segments,
-            sources: [source],
-            header: { virtualSize: this.#size, uuid: options.uuid, ...(options.parentUuid !== undefined ? { parentUuid: options.parentUuid } : {}) },
-          },
-          sink,
-        ),
-      );
+      const { zfile, header } = this.#commitSettings(options);
+      await writeLayerFile(file, { zfile, tar: true, overwrite: true }, (sink) => commitLayer({ segments, sources: [source], header }, sink));
       return file;
     } finally {
       await source.close();
@@ -430,9 +453,9 @@ export class RawImageBuilder {
       if (await isMountPoint(this.#mnt)) await umountFs(this.#mnt);
       this.#mounted = false;
       await detachLoop(this.#loop);
-      await this.#disk.close();
-      // A last layer's commit reads the disk: deleted after, its blocks are freed off that path.
+      // A last layer's commit reads the disk through this handle.
       await this.#lastCommit;
+      await this.#disk.close();
       await rm(join(dir, 'disk.img'), { force: true });
     };
     const [disk] = await Promise.allSettled([releaseDisk(), this.#lastCommit]);

@@ -104,6 +104,58 @@ export async function commitLayer(input: CommitInput, sink: ByteSink, options: C
   return { indexOffset, indexSize: padded };
 }
 
+/** Hands one piece of data to {@link commitPieces}: bytes at byte `offset` of the layer. */
+export type PutPiece = (offset: number, data: Uint8Array) => Promise<void>;
+
+/**
+ * Writes a committed LSMT blob as {@link commitLayer} does, but from data produced in
+ * offset order rather than read from sources: `produce` calls `put` for each piece
+ * (offsets and lengths whole sectors, each piece after the previous one), the data goes
+ * to `sink` as it comes, and the index is written after the last piece. Same bytes as
+ * `commitLayer` given the pieces as data segments. The caller closes `sink`.
+ *
+ * @example
+ * ```ts
+ * await commitPieces({ virtualSize: 1 << 30 }, async (put) => { await put(4096, block); }, sink);
+ * ```
+ */
+export async function commitPieces(header: CommitHeader, produce: (put: PutPiece) => Promise<void>, sink: ByteSink): Promise<CommitResult> {
+  const fields = headerFields(header);
+  await sink.write(encodeHeaderTrailer(newHeaderTrailer({ ...fields, flags: FLAG_HEADER | FLAG_DATA | FLAG_SEALED })));
+  const segments: Segment[] = [];
+  let end = 0;
+  await produce(async (offset, data) => {
+    if (data.length === 0) return;
+    if (!Number.isSafeInteger(offset) || offset % SECTOR !== 0 || data.length % SECTOR !== 0 || offset < end) {
+      throw new InvalidArgumentError(`Cannot commit layer: piece at ${offset} (${data.length} bytes) is not whole sectors after ${end}`);
+    }
+    await sink.write(data);
+    for (let at = offset; at < offset + data.length; ) {
+      const last = segments[segments.length - 1];
+      const room = last !== undefined && (last.offset + last.length) * SECTOR === at ? MAX_SEGMENT_LENGTH - last.length : 0;
+      if (room > 0) {
+        const n = Math.min(room, (offset + data.length - at) / SECTOR);
+        last!.length += n;
+        at += n * SECTOR;
+      } else {
+        const n = Math.min(MAX_SEGMENT_LENGTH, (offset + data.length - at) / SECTOR);
+        segments.push({ offset: at / SECTOR, length: n, moffset: at / SECTOR, zeroed: false, tag: 0 });
+        at += n * SECTOR;
+      }
+    }
+    end = offset + data.length;
+  });
+  const { entries, dataSectors } = compactIndex(segments);
+  const padded = entries.length % INDEX_ALIGN_ENTRIES === 0 ? entries.length : entries.length + INDEX_ALIGN_ENTRIES - (entries.length % INDEX_ALIGN_ENTRIES);
+  const indexOffset = (HEADER_TRAILER_SIZE / SECTOR + dataSectors) * SECTOR;
+  for (let i = 0; i < padded; i += INDEX_WRITE_ENTRIES) {
+    const part = entries.slice(i, Math.min(i + INDEX_WRITE_ENTRIES, entries.length));
+    await sink.write(encodeSegments(part, Math.min(INDEX_WRITE_ENTRIES, padded - i)));
+  }
+  await sink.write(encodeHeaderTrailer(newHeaderTrailer({ ...fields, flags: FLAG_DATA | FLAG_SEALED, indexOffset, indexSize: padded })));
+  return { indexOffset, indexSize: padded };
+}
+
 /** Options of {@link commitWritableLayer} and {@link commitSealedLayer}. */
 export interface CommitLayerOptions extends CommitOptions {
   /** `--uuid`: ignored unless a valid UUID (then the blob's UUID is nil). */
