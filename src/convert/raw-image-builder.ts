@@ -18,8 +18,9 @@
  *    becomes an index entry of the layer (a block that became zeros is stored as zeros:
  *    it must mask the layers below);
  * 3. those blocks are committed from the shadow (tar-wrapped ZFile with the chain-ID
- *    UUIDs) in the background while the next
- *    layer is applied; the next layer's diff waits for that commit (it changes the shadow).
+ *    UUIDs) in the background while the next layer is applied; the next layer's diff
+ *    waits for that commit (it changes the shadow). The last layer (`last`) skips the
+ *    shadow: its changed blocks go from the diff straight into its commit.
  *
  * The merged view of the committed layers is the disk after each apply, block for
  * block, so the layers mount exactly as upstream's do. They never hold more blocks than
