@@ -431,3 +431,21 @@ test('RemoteBlobReader rejects invalid options with InvalidArgumentError', () =>
   }
   assert.equal(new RemoteBlobReader(src).refillSize, 256 * KiB);
 });
+
+test('prefetch fetches the chunks of a range once (streamed pieces cut across chunk boundaries); reads of it are then served from memory', T, async () => {
+  for (const streaming of [false, true]) {
+    const bytes = xs(256 * KiB, 11);
+    const src = streaming ? new StreamingFake(bytes) : new FakeSource(bytes);
+    if (src instanceof StreamingFake) src.pieces = 7; // pieces that do not line up with 16 KiB chunks
+    const r = new RemoteBlobReader(src, { refillSize: 16 * KiB, maxRequestBytes: 256 * KiB });
+    await r.prefetch(5000, 100 * KiB);
+    assert.equal(r.stats.requests, 1, `${streaming ? 'streaming' : 'plain'}: one request`);
+    assert.deepEqual(src.calls, [[0, 112 * KiB]], 'whole chunks 0..6');
+    assert.deepEqual(await read(r, 0, 112 * KiB), bytes.subarray(0, 112 * KiB), 'every byte of every chunk');
+    assert.equal(r.stats.requests, 1, 'the read needed no request');
+    await r.prefetch(300 * KiB, 10); // past the end: nothing
+    assert.equal(r.stats.requests, 1);
+    await r.close();
+    await assert.rejects(r.prefetch(0, 10), FailedPreconditionError);
+  }
+});

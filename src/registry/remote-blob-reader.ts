@@ -38,7 +38,7 @@
 import { channel } from 'node:diagnostics_channel';
 import { setMaxListeners } from 'node:events';
 import { debuglog } from 'node:util';
-import type { BlobReader, Evictable } from '../io/blob-reader.ts';
+import type { BlobReader, Evictable, Prefetchable } from '../io/blob-reader.ts';
 import { clampRead } from '../io/blob-reader.ts';
 import { FailedPreconditionError, InvalidArgumentError, UnavailableError } from '../io/errors.ts';
 import type { RangeSource } from './range-source.ts';
@@ -163,7 +163,7 @@ function intOption(value: number | undefined, fallback: number, check: { name: s
  * allowed. `close` aborts the requests in flight; reads waiting on them reject with a
  * `FailedPreconditionError`. The source itself is not owned (it has no `close`).
  */
-export class RemoteBlobReader implements BlobReader, Evictable {
+export class RemoteBlobReader implements BlobReader, Evictable, Prefetchable {
   readonly size: number;
   readonly #src: RangeSource;
   readonly #name: string;
@@ -245,11 +245,38 @@ export class RemoteBlobReader implements BlobReader, Evictable {
     if (count === 0) return 0;
     const r = this.#refill;
     const first = Math.floor(offset / r);
-    const last = Math.floor((offset + count - 1) / r);
+    const chunks = await Promise.all(this.#parts(offset, count));
+    const end = offset + count;
+    for (let i = 0; i < chunks.length; i++) {
+      const chunk = chunks[i]!;
+      const start = (first + i) * r;
+      const from = Math.max(offset, start);
+      const to = Math.min(end, start + chunk.length);
+      buf.set(chunk.subarray(from - start, to - start), from - offset);
+    }
+    return count;
+  }
 
-    // Synchronously (no await until all requests are registered, so concurrent reads
-    // see each other's in-flight chunks): classify chunks, start requests for runs of
-    // missing ones.
+  /**
+   * Brings the chunks of `[offset, offset+length)` into memory (fetching what is missing,
+   * as a read would) without copying them out: a trace replay's read.
+   */
+  async prefetch(offset: number, length: number): Promise<void> {
+    this.#checkOpen('read');
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`Read offset ${offset} is invalid`);
+    const count = clampRead(this.size, offset, length);
+    if (count > 0) await Promise.all(this.#parts(offset, count));
+  }
+
+  /**
+   * The chunks of `[offset, offset+count)`, held or awaited. Synchronous (no await until
+   * all requests are registered, so concurrent reads see each other's in-flight chunks):
+   * classifies chunks and starts requests for runs of missing ones.
+   */
+  #parts(offset: number, count: number): Array<Uint8Array | Promise<Uint8Array>> {
+    const r = this.#refill;
+    const first = Math.floor(offset / r);
+    const last = Math.floor((offset + count - 1) / r);
     const parts: Array<Uint8Array | Promise<Uint8Array>> = [];
     let run = -1; // first chunk of the current run of missing chunks
     for (let c = first; c <= last + 1; c++) {
@@ -272,17 +299,7 @@ export class RemoteBlobReader implements BlobReader, Evictable {
         if (run < 0) run = c;
       }
     }
-
-    const chunks = await Promise.all(parts);
-    const end = offset + count;
-    for (let i = 0; i < chunks.length; i++) {
-      const chunk = chunks[i]!;
-      const start = (first + i) * r;
-      const from = Math.max(offset, start);
-      const to = Math.min(end, start + chunk.length);
-      buf.set(chunk.subarray(from - start, to - start), from - offset);
-    }
-    return count;
+    return parts;
   }
 
   /** Drops the chunks overlapping `[offset, offset+length)` from memory; the next read refetches them. */
@@ -374,13 +391,10 @@ export class RemoteBlobReader implements BlobReader, Evictable {
       }
     };
     this.#fetchWithRetry(from, length).then(
-      (data) => {
+      (chunks) => {
         settle();
         for (let c = c0; c < c1; c++) {
-          const at = (c - c0) * r;
-          // A copy per chunk when the request spans several, so that the LRU bound is
-          // not defeated by one kept chunk pinning the whole request buffer.
-          const chunk = c1 - c0 === 1 ? data : data.slice(at, Math.min(at + r, length));
+          const chunk = chunks[c - c0]!;
           this.#lruPut(c, chunk);
           parts[c - c0]!.resolve(chunk);
         }
@@ -393,11 +407,12 @@ export class RemoteBlobReader implements BlobReader, Evictable {
     return parts.map((d) => d.promise);
   }
 
-  async #fetchWithRetry(offset: number, length: number): Promise<Uint8Array> {
+  /** The bytes of `[offset, offset+length)` (a request's range, chunk-aligned) as its chunks. */
+  async #fetchWithRetry(offset: number, length: number): Promise<Uint8Array[]> {
     for (let attempt = 0; ; attempt++) {
       await this.#acquire();
       const started = performance.now();
-      let data: Uint8Array | undefined;
+      let data: Uint8Array[] | undefined;
       let error: unknown;
       try {
         data = await this.#attempt(offset, length, attempt);
@@ -408,7 +423,7 @@ export class RemoteBlobReader implements BlobReader, Evictable {
       }
       const durationMs = performance.now() - started;
       if (data !== undefined) {
-        this.#counters.bytesFetched += data.length;
+        this.#counters.bytesFetched += length;
         this.#publish({ name: this.#name, offset, length, attempt, durationMs, outcome: 'ok' });
         return data;
       }
@@ -431,7 +446,7 @@ export class RemoteBlobReader implements BlobReader, Evictable {
   }
 
   /** One request attempt under its deadline and stall timer. */
-  async #attempt(offset: number, length: number, attempt: number): Promise<Uint8Array> {
+  async #attempt(offset: number, length: number, attempt: number): Promise<Uint8Array[]> {
     this.#counters.requests++;
     if (attempt > 0) this.#counters.retries++;
     const what = `${this.#name} range [${offset}, ${offset + length})`;
@@ -452,11 +467,11 @@ export class RemoteBlobReader implements BlobReader, Evictable {
     const transfer = this.#transfer({ offset, length, signal: ac.signal, progress: () => stall.refresh() });
     transfer.catch(() => {}); // may lose the race against an abort and reject later
     try {
-      const data = await Promise.race([transfer, abortedP]);
-      if (data.length !== length) {
-        throw new UnavailableError(`Cannot read ${what}: source returned ${data.length} bytes, expected ${length}`);
+      const { chunks, bytes } = await Promise.race([transfer, abortedP]);
+      if (bytes !== length) {
+        throw new UnavailableError(`Cannot read ${what}: source returned ${bytes} bytes, expected ${length}`);
       }
-      return data;
+      return chunks;
     } finally {
       clearTimeout(deadline);
       clearTimeout(stall);
@@ -464,10 +479,24 @@ export class RemoteBlobReader implements BlobReader, Evictable {
     }
   }
 
-  async #transfer(t: { offset: number; length: number; signal: AbortSignal; progress: () => void }): Promise<Uint8Array> {
+  /**
+   * One transfer of `[offset, offset+length)`, cut into chunks of the refill size. A
+   * streaming source's bytes are copied once, straight into the chunks (each its own
+   * buffer, so a chunk kept in memory pins nothing else); `bytes` is what arrived.
+   */
+  async #transfer(t: { offset: number; length: number; signal: AbortSignal; progress: () => void }): Promise<{ chunks: Uint8Array[]; bytes: number }> {
     const src = this.#src;
-    if (!isStreamingRangeSource(src)) return src.fetch(t.offset, t.length, t.signal);
-    const dst = new Uint8Array(t.length);
+    const r = this.#refill;
+    if (!isStreamingRangeSource(src)) {
+      const data = await src.fetch(t.offset, t.length, t.signal);
+      if (data.length !== t.length || data.length <= r) return { chunks: [data], bytes: data.length };
+      const chunks: Uint8Array[] = [];
+      for (let at = 0; at < data.length; at += r) chunks.push(data.slice(at, Math.min(at + r, data.length)));
+      return { chunks, bytes: data.length };
+    }
+    const chunks: Uint8Array[] = [];
+    let cur: Uint8Array | undefined;
+    let fill = 0;
     let got = 0;
     for await (const piece of src.stream(t.offset, t.length, t.signal)) {
       if (t.signal.aborted) break;
@@ -476,11 +505,22 @@ export class RemoteBlobReader implements BlobReader, Evictable {
           `Cannot read ${this.#name} range [${t.offset}, ${t.offset + t.length}): source sent more than ${t.length} bytes`,
         );
       }
-      dst.set(piece, got);
+      for (let at = 0; at < piece.length; ) {
+        if (cur === undefined || fill === cur.length) {
+          // Not zero-filled: every byte of a chunk is written before the chunk is used.
+          cur = Buffer.allocUnsafeSlow(Math.min(r, t.length - chunks.length * r));
+          chunks.push(cur);
+          fill = 0;
+        }
+        const n = Math.min(piece.length - at, cur.length - fill);
+        cur.set(piece.subarray(at, at + n), fill);
+        fill += n;
+        at += n;
+      }
       got += piece.length;
       if (piece.length > 0) t.progress();
     }
-    return got === t.length ? dst : dst.subarray(0, got);
+    return { chunks, bytes: got };
   }
 
   #acquire(): Promise<void> {

@@ -17,7 +17,7 @@
  * ```
  */
 import type { BlobReader } from '../../io/blob-reader.ts';
-import { clampRead, isEvictable, readFully, type Prefetchable } from '../../io/blob-reader.ts';
+import { clampRead, isEvictable, isPrefetchable, readFully, type Prefetchable } from '../../io/blob-reader.ts';
 import { DataCorruptionError, FailedPreconditionError } from '../../io/errors.ts';
 import { DECODE_FAIL_BASE, crc32c, native } from '../../native/index.ts';
 import type { ZFileHeader } from './header.ts';
@@ -310,6 +310,11 @@ export class ZFileReader implements BlobReader, Prefetchable {
     if (count === 0) return;
     const last = Math.floor((offset + count - 1) / this.#blockSize);
     let b = Math.floor(offset / this.#blockSize);
+    if (isPrefetchable(this.#src)) {
+      // The stored blocks go into the source's caches without a copy out.
+      await this.#src.prefetch(this.#start[b]!, this.#start[last + 1]! - this.#start[b]!);
+      return;
+    }
     while (b <= last) {
       let e = b + 1;
       while (e <= last && this.#start[e + 1]! - this.#start[b]! <= BATCH_BYTES) e++;
