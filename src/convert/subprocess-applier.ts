@@ -24,6 +24,7 @@ import { once } from 'node:events';
 import type { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { errorClassOf, FailedPreconditionError, UnavailableError } from '../io/errors.ts';
+import { childExecArgv } from '../attach/node-exec-argv.ts';
 import type { ApplyOptions, ApplyStats, LayerApplier } from './layer-applier.ts';
 
 
@@ -47,8 +48,7 @@ export interface SubprocessApplierOptions {
 function spawnChild(): ChildProcess {
   const self = fileURLToPath(import.meta.url);
   const script = fileURLToPath(new URL(`./_apply-child${extname(self)}`, import.meta.url));
-  const execArgv = process.execArgv.filter((a) => !a.startsWith('--test') && !a.startsWith('--cpu-prof'));
-  return spawn(process.execPath, [...execArgv, script], { stdio: ['pipe', 'ignore', 'pipe', 'ipc'] });
+  return spawn(process.execPath, [...childExecArgv(), script], { stdio: ['pipe', 'ignore', 'pipe', 'ipc'] });
 }
 
 /** Whether the child and its pipes keep this process alive. */

@@ -30,6 +30,7 @@ import { createNbdServer } from '../../nbd/nbd-server.ts';
 import { nbdUri } from '../../nbd/nbd-uri.ts';
 import type { BlockDevice } from '../../io/block-device.ts';
 import { downloadSettings, replayReaderSettings } from '../../device/trace-prefetcher.ts';
+import { childExecArgv } from '../../attach/node-exec-argv.ts';
 
 export const ATTACH_OPTIONS = {
   ...REMOTE_OPTIONS,
@@ -57,7 +58,7 @@ const STANDBY_FLAG = '--standby';
 function spawnAttach(args: string[], stdin: 'ignore' | 'pipe'): ChildProcess {
   const self = fileURLToPath(import.meta.url);
   const bin = fileURLToPath(new URL(`../bin/obd${extname(self)}`, import.meta.url));
-  return spawn(process.execPath, [...process.execArgv, bin, 'attach', ...args, '--ready-fd', '3'], {
+  return spawn(process.execPath, [...childExecArgv(), bin, 'attach', ...args, '--ready-fd', '3'], {
     detached: true,
     stdio: [stdin, 'ignore', 'ignore', 'pipe'],
   });
@@ -159,8 +160,7 @@ function serverCommand(p: Parsed): ServerCommand {
       else if (one === true) args.push(`--${name}`);
     }
   }
-  const execArgv = process.execArgv.filter((a) => !a.startsWith('--inspect') && !a.startsWith('--test'));
-  return { command: process.execPath, args: [...execArgv, bin, 'serve-fuse', ...args] };
+  return { command: process.execPath, args: [...childExecArgv(), bin, 'serve-fuse', ...args] };
 }
 
 /** Resolves on SIGTERM/SIGINT (from the call on, also during a slow start) or when `closed` resolves. */
