@@ -17,7 +17,7 @@ import { RemoteAccess } from '../image/remote-access.ts';
 import type { LsmtStack } from '../formats/lsmt/stack.ts';
 import { openDevice } from './open-device.ts';
 import { decodeTrace, encodeTrace } from './trace-file.ts';
-import { downloadSettings, replayRanges, replayReaderSettings, REPLAY_REFILL_SIZE, type TracePrefetcher } from './trace-prefetcher.ts';
+import { downloadSettings, replayRanges, replayReaderSettings, REPLAY_PIECE, REPLAY_REFILL_SIZE, type TracePrefetcher } from './trace-prefetcher.ts';
 import type { TraceRecord } from './trace-file.ts';
 import { pseudoRandom } from '../../test/support/sample-layers.ts';
 import { StaticRangeOrigin } from '../../test/fakes/static-range-origin.ts';
@@ -172,14 +172,18 @@ test('a corrupt trace fails the open naming the file', T, async () => {
 });
 
 test('replaying an acceleration layer pulls the traced ranges of a remote layer into the cache; reading them then fetches nothing', T, async () => {
-  // The trace: a real recording of reads of [0, 3 MiB) (a 2 MiB read: split into 1 MiB pieces).
+  // The trace: a real recording of reads of [0, 5 MiB), one longer than a replay piece
+  // (split), more than a merge gap away from what opening the device reads near 7 MiB.
+  const traced = 5 * MiB;
+  const tail = MiB / 2;
+  assert.ok(REPLAY_PIECE < traced - tail);
   const trace = emptyTrace('replay.trace');
   const rec = await openDevice(config({ recordTracePath: trace }, [{ file: bottom }]));
-  await read(rec, 0, 2 * MiB);
-  await read(rec, 2 * MiB, MiB);
+  await read(rec, 0, traced - tail);
+  await read(rec, traced - tail, tail);
   await rec.close();
   const records = decodeTrace(readFileSync(trace));
-  assert.ok(records.some((r) => r.count > MiB), 'no record over 1 MiB to split');
+  assert.ok(records.some((r) => r.count > REPLAY_PIECE), 'no record over a replay piece to split');
   const accelDir = join(dir, 'accel');
   mkdirSync(accelDir);
   writeFileSync(join(accelDir, 'trace'), readFileSync(trace));
@@ -202,12 +206,12 @@ test('replaying an acceleration layer pulls the traced ranges of a remote layer 
       assert.equal(stats.errors, 0);
       assert.equal(stats.stopped, false);
       assert.equal(stats.records, records.length);
-      assert.ok(stats.pieces >= 3, 'the 3 MiB traced were not read in pieces of at most 1 MiB');
+      assert.ok(stats.pieces >= Math.ceil(traced / REPLAY_PIECE), 'the traced ranges were not read in pieces of at most REPLAY_PIECE');
       assert.equal(stats.bytes, records.reduce((s, r) => s + r.count, 0));
       assert.ok(origin.counters.requests > 0);
 
       const before = origin.counters.requests;
-      assert.deepEqual(await read(device, 0, 3 * MiB), pseudoRandom(1, 6 * MiB).subarray(0, 3 * MiB));
+      assert.deepEqual(await read(device, 0, traced), pseudoRandom(1, 6 * MiB).subarray(0, traced));
       assert.equal(origin.counters.requests, before, 'reading the traced ranges fetched from the registry');
       assert.deepEqual(await read(device, 20 * MiB, 4096), pseudoRandom(2, MiB).subarray(0, 4096));
       assert.ok(origin.counters.requests > before, 'an untraced range was already cached: the check above proves nothing');
