@@ -13,7 +13,9 @@
  * `overlaybd`; the daemon and `obd rpull` run from the build output (`node
  * dist/src/cli/bin/obd.js`, built first when stale), as a user runs them.
  *
- * Cases (page cache dropped before each cold one):
+ * Cases (before each cold one: `sync`, page cache dropped, then {@link SETTLE_MS} of quiet so
+ * that the previous case's teardown — e.g. deleting (a)'s unpacked layers — does not run
+ * into it):
  * - (a) `ctr images pull --plain-http REF:oci` (overlayfs snapshotter: fetch + unpack)
  *   and `ctr run --rm REF:oci python3 -c 'import json, sqlite3, email'`;
  * - (b) lazy pull (`obd rpull`, which hands the pull to the snapshotter daemon through its
@@ -81,9 +83,13 @@ function preflight(): void {
   if (!existsSync('/dev/fuse')) throw new Error('Cannot run cold-start: needs /dev/fuse');
 }
 
+/** Quiet time after dropping the caches, before a cold case. */
+const SETTLE_MS = 2000;
+
 function dropCaches(): void {
   spawnSync('sync', [], { timeout: 60_000 });
   writeFileSync('/proc/sys/vm/drop_caches', '3');
+  spawnSync('sleep', [String(SETTLE_MS / 1000)]);
 }
 
 interface Phase {
