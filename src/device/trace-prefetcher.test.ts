@@ -198,7 +198,8 @@ test('replaying an acceleration layer pulls the traced ranges of a remote layer 
       dir,
     );
     let pf: TracePrefetcher | undefined;
-    const device = await openDevice(cfg, { remote: access.opener(), onPrefetch: (p) => (pf = p) });
+    // As obd serve-fuse opens a replaying device: small refill, no sequential readahead.
+    const device = await openDevice(cfg, { remote: access.opener(undefined, await replayReaderSettings(cfg)), onPrefetch: (p) => (pf = p) });
     try {
       assert.equal(pf?.mode, 'replay');
       const stats = await pf?.replayed();
