@@ -249,6 +249,15 @@ test('ctr snapshots prepare, commit, ls, info and rm go through our snapshotter'
   await ctr(...sn, 'rm', 'k2');
   await ctr(...sn, 'rm', 'c1');
   assert.doesNotMatch(await ctr(...sn, 'ls'), /c1|k1|k2/);
+  // containerd removes the backend snapshots in its garbage collection, which runs later
+  // on its own; a lease removed with --sync runs one now.
+  await ctr('leases', 'create', '--id', 'obd-test-gc');
+  await ctr('leases', 'rm', '--sync', 'obd-test-gc');
+  const left: string[] = [];
+  await snapshotter!.walk((i) => {
+    left.push(i.name);
+  });
+  assert.deepEqual(left, [], 'containerd removed them through our Remove');
 });
 
 test('an OCI image imports into the overlaybd snapshotter and a container runs from it', T, async () => {
