@@ -85,22 +85,24 @@ export interface CommitResult {
  */
 export async function commitLayer(input: CommitInput, sink: ByteSink, options: CommitOptions = {}): Promise<CommitResult> {
   checkSegments(input);
-  const { entries, dataSectors } = compactIndex(input.segments);
-  const padded = entries.length % INDEX_ALIGN_ENTRIES === 0
-    ? entries.length
-    : entries.length + INDEX_ALIGN_ENTRIES - (entries.length % INDEX_ALIGN_ENTRIES);
-  const indexOffset = (HEADER_TRAILER_SIZE / SECTOR + dataSectors) * SECTOR;
   const fields = headerFields(input.header);
-
   await sink.write(encodeHeaderTrailer(newHeaderTrailer({ ...fields, flags: FLAG_HEADER | FLAG_DATA | FLAG_SEALED })));
   await copyData(input, sink);
+  const result = await writeIndexAndTrailer(input.segments, fields, sink);
+  if (options.close === true) await sink.close();
+  return result;
+}
+
+/** The compacted index of `segments` (padded) and the trailer, after the data (§13 steps 2-5). */
+async function writeIndexAndTrailer(segments: readonly Segment[], fields: ReturnType<typeof headerFields>, sink: ByteSink): Promise<CommitResult> {
+  const { entries, dataSectors } = compactIndex(segments);
+  const padded = entries.length % INDEX_ALIGN_ENTRIES === 0 ? entries.length : entries.length + INDEX_ALIGN_ENTRIES - (entries.length % INDEX_ALIGN_ENTRIES);
+  const indexOffset = (HEADER_TRAILER_SIZE / SECTOR + dataSectors) * SECTOR;
   for (let i = 0; i < padded; i += INDEX_WRITE_ENTRIES) {
     const part = entries.slice(i, Math.min(i + INDEX_WRITE_ENTRIES, entries.length));
     await sink.write(encodeSegments(part, Math.min(INDEX_WRITE_ENTRIES, padded - i)));
   }
-  const trailer = newHeaderTrailer({ ...fields, flags: FLAG_DATA | FLAG_SEALED, indexOffset, indexSize: padded });
-  await sink.write(encodeHeaderTrailer(trailer));
-  if (options.close === true) await sink.close();
+  await sink.write(encodeHeaderTrailer(newHeaderTrailer({ ...fields, flags: FLAG_DATA | FLAG_SEALED, indexOffset, indexSize: padded })));
   return { indexOffset, indexSize: padded };
 }
 
@@ -145,15 +147,7 @@ export async function commitPieces(header: CommitHeader, produce: (put: PutPiece
     }
     end = offset + data.length;
   });
-  const { entries, dataSectors } = compactIndex(segments);
-  const padded = entries.length % INDEX_ALIGN_ENTRIES === 0 ? entries.length : entries.length + INDEX_ALIGN_ENTRIES - (entries.length % INDEX_ALIGN_ENTRIES);
-  const indexOffset = (HEADER_TRAILER_SIZE / SECTOR + dataSectors) * SECTOR;
-  for (let i = 0; i < padded; i += INDEX_WRITE_ENTRIES) {
-    const part = entries.slice(i, Math.min(i + INDEX_WRITE_ENTRIES, entries.length));
-    await sink.write(encodeSegments(part, Math.min(INDEX_WRITE_ENTRIES, padded - i)));
-  }
-  await sink.write(encodeHeaderTrailer(newHeaderTrailer({ ...fields, flags: FLAG_DATA | FLAG_SEALED, indexOffset, indexSize: padded })));
-  return { indexOffset, indexSize: padded };
+  return writeIndexAndTrailer(segments, fields, sink);
 }
 
 /** Options of {@link commitWritableLayer} and {@link commitSealedLayer}. */
