@@ -449,3 +449,21 @@ test('prefetch fetches the chunks of a range once (streamed pieces cut across ch
     await assert.rejects(r.prefetch(0, 10), FailedPreconditionError);
   }
 });
+
+test('a read of chunks already streamed in returns before the rest of their request arrives', T, async () => {
+  const bytes = xs(256 * KiB, 12);
+  const src = new StreamingFake(bytes);
+  src.pieces = 8; // 32 KiB pieces: two 16 KiB chunks complete with each
+  src.stallAfter = (call) => (call === 0 ? 1 : Infinity); // the first request sends one piece, then nothing
+  const r = new RemoteBlobReader(src, { refillSize: 16 * KiB, maxRequestBytes: 256 * KiB, stallTimeoutMs: 60_000, requestTimeoutMs: 60_000 });
+  const bulk = r.prefetch(0, 256 * KiB);
+  bulk.catch(() => {});
+  assert.deepEqual(await read(r, 0, 20 * KiB), bytes.subarray(0, 20 * KiB), 'chunks 0 and 1, from the stalled request');
+  assert.equal(r.stats.requests, 1, 'the read shared the request in flight');
+  const late = read(r, 200 * KiB, 10);
+  late.catch(() => {});
+  assert.equal(await Promise.race([late.then(() => 'done'), sleep(100).then(() => 'waiting')]), 'waiting', 'a chunk not streamed in yet was delivered');
+  await r.close();
+  await assert.rejects(bulk, FailedPreconditionError);
+  await assert.rejects(late, FailedPreconditionError);
+});

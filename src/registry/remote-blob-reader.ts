@@ -131,6 +131,9 @@ export interface RangeRequestEvent {
   readonly error?: unknown;
 }
 
+/** Receives chunk `index` of a request once all its bytes are in. */
+type ChunkSink = (index: number, chunk: Uint8Array) => void;
+
 interface Deferred {
   readonly promise: Promise<Uint8Array>;
   resolve(v: Uint8Array): void;
@@ -385,37 +388,44 @@ export class RemoteBlobReader implements BlobReader, Evictable, Prefetchable {
       parts.push(d);
       this.#inflight.set(c, d.promise);
     }
-    const settle = (): void => {
-      for (let c = c0; c < c1; c++) {
-        if (this.#inflight.get(c) === parts[c - c0]!.promise) this.#inflight.delete(c);
-      }
+    // Each chunk is delivered once: as soon as its bytes are in (a read waiting for the
+    // first chunk of a long request does not wait for the rest), or at the end.
+    const delivered = new Uint8Array(c1 - c0);
+    const deliver = (i: number, chunk: Uint8Array): void => {
+      if (delivered[i] === 1) return;
+      delivered[i] = 1;
+      const c = c0 + i;
+      if (this.#inflight.get(c) === parts[i]!.promise) this.#inflight.delete(c);
+      this.#lruPut(c, chunk);
+      parts[i]!.resolve(chunk);
     };
-    this.#fetchWithRetry(from, length).then(
-      (chunks) => {
-        settle();
-        for (let c = c0; c < c1; c++) {
-          const chunk = chunks[c - c0]!;
-          this.#lruPut(c, chunk);
-          parts[c - c0]!.resolve(chunk);
-        }
-      },
+    this.#fetchWithRetry(from, length, deliver).then(
+      (chunks) => chunks.forEach((chunk, i) => deliver(i, chunk)),
       (e: unknown) => {
-        settle();
-        for (const d of parts) d.reject(e);
+        for (let i = 0; i < parts.length; i++) {
+          if (delivered[i] === 1) continue;
+          delivered[i] = 1;
+          if (this.#inflight.get(c0 + i) === parts[i]!.promise) this.#inflight.delete(c0 + i);
+          parts[i]!.reject(e);
+        }
       },
     );
     return parts.map((d) => d.promise);
   }
 
-  /** The bytes of `[offset, offset+length)` (a request's range, chunk-aligned) as its chunks. */
-  async #fetchWithRetry(offset: number, length: number): Promise<Uint8Array[]> {
+  /**
+   * The bytes of `[offset, offset+length)` (a request's range, chunk-aligned) as its
+   * chunks; `onChunk` gets each complete chunk of an attempt as it arrives (again on a
+   * retry).
+   */
+  async #fetchWithRetry(offset: number, length: number, onChunk?: ChunkSink): Promise<Uint8Array[]> {
     for (let attempt = 0; ; attempt++) {
       await this.#acquire();
       const started = performance.now();
       let data: Uint8Array[] | undefined;
       let error: unknown;
       try {
-        data = await this.#attempt(offset, length, attempt);
+        data = await this.#attempt({ offset, length, ...(onChunk ? { onChunk } : {}) }, attempt);
       } catch (e) {
         error = e;
       } finally {
@@ -446,7 +456,8 @@ export class RemoteBlobReader implements BlobReader, Evictable, Prefetchable {
   }
 
   /** One request attempt under its deadline and stall timer. */
-  async #attempt(offset: number, length: number, attempt: number): Promise<Uint8Array[]> {
+  async #attempt(range: { offset: number; length: number; onChunk?: ChunkSink }, attempt: number): Promise<Uint8Array[]> {
+    const { offset, length } = range;
     this.#counters.requests++;
     if (attempt > 0) this.#counters.retries++;
     const what = `${this.#name} range [${offset}, ${offset + length})`;
@@ -464,7 +475,7 @@ export class RemoteBlobReader implements BlobReader, Evictable, Prefetchable {
       () => ac.abort(new UnavailableError(`Cannot read ${what}: transfer stalled for ${this.#stallTimeoutMs} ms`)),
       this.#stallTimeoutMs,
     );
-    const transfer = this.#transfer({ offset, length, signal: ac.signal, progress: () => stall.refresh() });
+    const transfer = this.#transfer({ ...range, signal: ac.signal, progress: () => stall.refresh() });
     transfer.catch(() => {}); // may lose the race against an abort and reject later
     try {
       const { chunks, bytes } = await Promise.race([transfer, abortedP]);
@@ -482,9 +493,10 @@ export class RemoteBlobReader implements BlobReader, Evictable, Prefetchable {
   /**
    * One transfer of `[offset, offset+length)`, cut into chunks of the refill size. A
    * streaming source's bytes are copied once, straight into the chunks (each its own
-   * buffer, so a chunk kept in memory pins nothing else); `bytes` is what arrived.
+   * buffer, so a chunk kept in memory pins nothing else), each complete one passed to
+   * `onChunk` at once; `bytes` is what arrived.
    */
-  async #transfer(t: { offset: number; length: number; signal: AbortSignal; progress: () => void }): Promise<{ chunks: Uint8Array[]; bytes: number }> {
+  async #transfer(t: { offset: number; length: number; signal: AbortSignal; progress: () => void; onChunk?: ChunkSink }): Promise<{ chunks: Uint8Array[]; bytes: number }> {
     const src = this.#src;
     const r = this.#refill;
     if (!isStreamingRangeSource(src)) {
@@ -516,6 +528,7 @@ export class RemoteBlobReader implements BlobReader, Evictable, Prefetchable {
         cur.set(piece.subarray(at, at + n), fill);
         fill += n;
         at += n;
+        if (fill === cur.length) t.onChunk?.(chunks.length - 1, cur);
       }
       got += piece.length;
       if (piece.length > 0) t.progress();
