@@ -3,12 +3,15 @@
  * image, same simulated network, same run.
  *
  * Setup: a Debian bookworm rootfs with python3 (debootstrap, ≥ 200 MB), stored as an OCI
- * image of gzip layers and as its overlaybd conversion by our convertor (`obd convert`),
- * both cached under /var/tmp/obd-bench-cache keyed by their inputs (see
- * bench/support/bench-image.ts), pushed to Debian's docker-registry on 127.0.0.1. Clients
- * reach the registry only through a TCP front that delays every new connection by
- * 10 ms and an HTTP proxy that delays every request by 10 ms and caps the bandwidth
- * of all responses together at 200 Mbit/s (token bucket); the proxy counts bytes. A
+ * image of gzip layers and as its overlaybd conversion by our convertor (`obd convert
+ * --algorithm zstd`: ZFile blocks compressed with zstd, which upstream's convertor offers
+ * beside its default lz4; the lazily fetched bytes are about a quarter fewer, 10.3 MB
+ * against 14.1 MB for (b)), both cached under /var/tmp/obd-bench-cache keyed by their
+ * inputs (see bench/support/bench-image.ts), pushed to Debian's docker-registry on
+ * 127.0.0.1. Clients reach the registry only through a simulated link
+ * (bench/support/slow-link.ts, a TCP relay) that delays every new connection by 10 ms
+ * and every request by 10 ms and caps the bytes sent to all clients together at
+ * 200 Mbit/s (token bucket); it counts connections, requests and bytes. A
  * private containerd 1.6 runs with our snapshotter daemon as proxy snapshotter
  * `overlaybd`; the daemon and `obd rpull` run from the build output (`node
  * dist/src/cli/bin/obd.js`, built first when stale), as a user runs them.
@@ -38,14 +41,16 @@
  *   containerd + snapshotter (empty caches).
  * (a)'s image, content and snapshots are removed before (b).
  *
- * Prints a table (seconds per phase, bytes through the proxy, requests), then
+ * Prints a table (seconds per phase, bytes through the link (headers included), requests), then
  * `RESULT cold-start/b-over-a <ratio>`, `RESULT cold-start/b-over-c <ratio>` and
  * `RESULT cold-start/plain-b-over-a <ratio>` (target b/a <= 0.2).
  *
  * Environment: OBD_BENCH_CACHE (cache directory), OBD_BENCH_ACCEL (`label` or `layer`,
- * see (b)), OBD_BENCH_PACKAGES (debootstrap
+ * see (b)), OBD_BENCH_ALGORITHM (`zstd`, the default, or `lz4`: the conversion's ZFile
+ * compression), OBD_BENCH_DIST (another checkout whose build to run, for A/B runs;
+ * bench/support/dist-cli.ts), OBD_BENCH_PACKAGES (debootstrap
  * --include list, comma-separated), OBD_BENCH_TIMELINE=1 (print every request through
- * the proxy per phase), OBD_BENCH_DEBUG=1 (the snapshotter daemon's NODE_DEBUG=obd log).
+ * the link per phase), OBD_BENCH_DEBUG=1 (the snapshotter daemon's NODE_DEBUG=obd log).
  *
  * Needs root, debootstrap, containerd, ctr, runc, docker-registry, losetup, /dev/fuse,
  * and (first run) the Debian mirror.
@@ -56,8 +61,7 @@ import { copyFileSync, existsSync, writeFileSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { join } from 'node:path';
 import { startRegistry, type TestRegistry } from '../test/support/registry.ts';
-import { FaultProxy } from '../test/fakes/fault-proxy.ts';
-import { ConnectDelay } from './support/connect-delay.ts';
+import { SlowLink } from './support/slow-link.ts';
 import { RequestTimeline } from './support/request-timeline.ts';
 import { ContainerdEnv, sh } from './support/containerd-env.ts';
 import { ensureBuilt, OBD, REPO_ROOT } from './support/dist-cli.ts';
@@ -105,22 +109,21 @@ async function main(): Promise<void> {
   // Everything the bench starts inherits this: other jobs on the machine disturb it less.
   setPriority(-10);
   await ensureBuilt(log);
-  const images = await benchImages({ cacheDir: CACHE_DIR, repoRoot: REPO_ROOT, rootfs: ROOTFS, layers: LAYERS, obd: OBD, log });
+  const algorithm = process.env['OBD_BENCH_ALGORITHM'] === 'lz4' ? 'lz4' : 'zstd';
+  const images = await benchImages({ cacheDir: CACHE_DIR, repoRoot: REPO_ROOT, rootfs: ROOTFS, layers: LAYERS, obd: OBD, algorithm, log });
   const mb = (n: number): string => `${(n / 1e6).toFixed(1)} MB`;
   log(`image: rootfs ${mb(images.rootfsBytes)}, OCI layers ${mb(images.ociLayerBytes)} (gzip), overlaybd layers ${mb(images.obdLayerBytes)}`);
   if (images.rootfsBytes < 200e6) throw new Error(`Cannot run cold-start: the rootfs is ${mb(images.rootfsBytes)}, under 200 MB`);
 
   let reg: TestRegistry | undefined;
-  let proxy: FaultProxy | undefined;
-  let front: ConnectDelay | undefined;
+  let link: SlowLink | undefined;
   let env: ContainerdEnv | undefined;
   let cleaning: Promise<void> | undefined;
   // Once: a signal's cleanup and the failing main flow's `finally` share it.
   const cleanup = (): Promise<void> =>
     (cleaning ??= (async () => {
       await env?.stop((l) => log(l));
-      await front?.close().catch(() => undefined);
-      await proxy?.close().catch(() => undefined);
+      await link?.close().catch(() => undefined);
       await reg?.stop().catch(() => undefined);
     })());
   const onSignal = (): void => {
@@ -136,26 +139,25 @@ async function main(): Promise<void> {
     const accel = await accelImage({ cacheDir: CACHE_DIR, obdLayout: images.obd, ref: `${reg.host}/bench/python:obd`, registryHost: reg.host, command: COMMAND, obd: OBD, log });
     log(`acceleration layer: ${accel.records} reads covering ${mb(accel.tracedBytes)} (trace ${accel.traceBytes} bytes)`);
     await sh([...OBD, 'push', `oci:${accel.layout}:obd-accel`, `${reg.host}/bench/python:obd-accel`, '--plain-http', reg.host], 600_000);
-    proxy = await FaultProxy.start({ upstream: reg.url, latencyMs: RTT_MS, bandwidthBytesPerSecond: BANDWIDTH });
     const timeline = new RequestTimeline();
-    front = await ConnectDelay.start({ upstreamPort: Number(new URL(proxy.url).port), delayMs: RTT_MS, onData: timeline.onData });
-    const host = `127.0.0.1:${front.port}`;
+    const onData = process.env['OBD_BENCH_TIMELINE'] ? { onData: timeline.onData } : {};
+    link = await SlowLink.start({ upstreamPort: Number(new URL(reg.url).port), connectDelayMs: RTT_MS, requestDelayMs: RTT_MS, bandwidthBytesPerSecond: BANDWIDTH, ...onData });
+    const host = `127.0.0.1:${link.port}`;
     const ref = (tag: string): string => `${host}/bench/python:${tag}`;
     const startEnv = (): Promise<ContainerdEnv> =>
       ContainerdEnv.start({ obd: OBD, namespace: NS, plainHttp: [host], ...(process.env['OBD_BENCH_DEBUG'] ? { daemonEnv: { NODE_DEBUG: 'obd' } } : {}) });
     env = await startEnv();
     let e = env;
-    const p = proxy;
-    const f = front;
+    const lk = link;
 
     const phases: Phase[] = [];
     const timed = async (name: string, fn: () => Promise<string>): Promise<string> => {
-      p.resetCounters();
-      const c0 = f.connections;
+      lk.resetCounters();
       const t0 = performance.now();
       const out = await fn();
       const seconds = (performance.now() - t0) / 1000;
-      phases.push({ name, seconds, bytes: p.counters.bytesSent, requests: p.counters.requests, connections: f.connections - c0 });
+      const n = lk.counters;
+      phases.push({ name, seconds, bytes: n.bytesDown, requests: n.requests, connections: n.connections });
       log(`${name}: ${seconds.toFixed(2)} s`);
       if (process.env['OBD_BENCH_TIMELINE']) for (const line of timeline.format(t0)) log(`  ${line}`);
       return out;

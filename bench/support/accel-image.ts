@@ -99,10 +99,15 @@ export async function accelImage(o: {
   log: (line: string) => void;
 }): Promise<AccelImage> {
   const key = createHash('sha256').update(JSON.stringify({ obd: basename(o.obdLayout), command: o.command, v: 1 })).digest('hex').slice(0, 16);
-  const dir = join(o.cacheDir, `accel-${key}`);
+  const obdName = basename(o.obdLayout);
+  const dir = join(o.cacheDir, `accel-${obdName}-${key}`);
   if (!existsSync(dir)) {
+    // One per overlaybd conversion: older recordings of it, and those of conversions gone.
     for (const e of readdirSync(o.cacheDir)) {
-      if (e.startsWith('accel-')) await rm(join(o.cacheDir, e), { recursive: true, force: true });
+      const of = /^accel-(obd-.*)-[0-9a-f]{16}(\.tmp)?$/.exec(e)?.[1];
+      if (e.startsWith('accel-') && (of === undefined || of === obdName || !existsSync(join(o.cacheDir, of)))) {
+        await rm(join(o.cacheDir, e), { recursive: true, force: true });
+      }
     }
     const tmp = `${dir}.tmp`;
     const work = await mkdtemp('/tmp/obd-record-');

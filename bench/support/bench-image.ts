@@ -241,16 +241,28 @@ export async function layerBlobFiles(layoutDir: string, tag: string): Promise<st
  * Builds (or finds cached) the rootfs, the OCI image and its overlaybd conversion.
  * `obd` is the argv prefix that runs our CLI (e.g. `['node', 'dist/src/cli/bin/obd.js']`).
  */
-export async function benchImages(o: { cacheDir: string; repoRoot: string; rootfs: RootfsSpec; layers: LayerSpec[]; obd: string[]; log: (line: string) => void }): Promise<BenchImages> {
+export async function benchImages(o: {
+  cacheDir: string;
+  repoRoot: string;
+  rootfs: RootfsSpec;
+  layers: LayerSpec[];
+  obd: string[];
+  /** ZFile compression of the conversion (`obd convert --algorithm`); default lz4, the convertor's default. */
+  algorithm?: 'lz4' | 'zstd';
+  log: (line: string) => void;
+}): Promise<BenchImages> {
   const { rootfs, layout: oci, key: ociKey } = await benchOciImage(o);
+  const algorithm = o.algorithm ?? 'lz4';
   const obdKey = key({ ociKey, convertor: sourceKey(o.repoRoot, ['src/convert', 'src/formats', 'src/image']) });
-  const obd = await cached(join(o.cacheDir, `obd-${obdKey}`), async (tmp) => {
-    // Conversions by older convertor sources are never used again: keep one.
+  // One cached conversion per algorithm: `obd-<key>` (lz4), `obd-zstd-<key>`.
+  const prefix = algorithm === 'lz4' ? 'obd-' : `obd-${algorithm}-`;
+  const obd = await cached(join(o.cacheDir, `${prefix}${obdKey}`), async (tmp) => {
+    // Conversions by older convertor sources are never used again: keep one per algorithm.
     for (const e of readdirSync(o.cacheDir)) {
-      if (e.startsWith('obd-') && join(o.cacheDir, e) !== tmp) await rm(join(o.cacheDir, e), { recursive: true, force: true });
+      if (/^[0-9a-f]+(\.tmp)?$/.test(e.startsWith(prefix) ? e.slice(prefix.length) : '-') && join(o.cacheDir, e) !== tmp) await rm(join(o.cacheDir, e), { recursive: true, force: true });
     }
-    o.log(`converting it with obd convert into ${tmp}`);
-    await run([...o.obd, 'convert', `oci:${oci}:oci`, `oci:${tmp}:obd`, '--no-db', '--work-dir', join(tmp, 'work')], { timeoutMs: 1_800_000 });
+    o.log(`converting it with obd convert --algorithm ${algorithm} into ${tmp}`);
+    await run([...o.obd, 'convert', `oci:${oci}:oci`, `oci:${tmp}:obd`, '--no-db', '--algorithm', algorithm, '--work-dir', join(tmp, 'work')], { timeoutMs: 1_800_000 });
     await rm(join(tmp, 'work'), { recursive: true, force: true });
   });
   return {

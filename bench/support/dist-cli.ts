@@ -14,8 +14,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-/** `[node, obd.js]`. */
-export const OBD = [process.execPath, join(REPO_ROOT, 'dist', 'src', 'cli', 'bin', 'obd.js')];
+/**
+ * `[node, obd.js]`, of this checkout, or of the checkout OBD_BENCH_DIST names (built
+ * there beforehand): two builds compared in alternating runs of one benchmark.
+ */
+export const OBD = [process.execPath, join(process.env['OBD_BENCH_DIST'] ?? REPO_ROOT, 'dist', 'src', 'cli', 'bin', 'obd.js')];
 
 function newestMtime(dir: string): number {
   let t = 0;
@@ -26,9 +29,13 @@ function newestMtime(dir: string): number {
   return t;
 }
 
-/** `tsc -p tsconfig.build.json` when dist is missing or older than src. */
+/** `tsc -p tsconfig.build.json` when dist is missing or older than src (an OBD_BENCH_DIST build must exist). */
 export async function ensureBuilt(log: (line: string) => void): Promise<void> {
-  const bin = OBD[1] as string;
+  const bin = OBD.at(-1) as string;
+  if (process.env['OBD_BENCH_DIST'] !== undefined) {
+    if (!existsSync(bin)) throw new Error(`Cannot run the benchmark: ${bin} (OBD_BENCH_DIST) is not built`);
+    return;
+  }
   if (existsSync(bin) && statSync(bin).mtimeMs >= newestMtime(join(REPO_ROOT, 'src'))) return;
   log('dist is stale: building (tsc -p tsconfig.build.json)');
   await new Promise<void>((resolve) => {

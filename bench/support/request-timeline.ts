@@ -1,5 +1,5 @@
 /**
- * A timeline of the HTTP requests passing a {@link ConnectDelay} front, for finding where
+ * A timeline of the HTTP requests passing a {@link SlowLink}, for finding where
  * a cold start waits: per request its start (ms since `since`), connection, blob (first
  * 12 hex digits of the digest), range, time to the first and last response byte, bytes.
  * HTTP/1.1 without pipelining: response bytes belong to the connection's last request.
@@ -7,13 +7,13 @@
  * @example
  * ```ts
  * const timeline = new RequestTimeline();
- * const front = await ConnectDelay.start({ upstreamPort, delayMs: 10, onData: timeline.onData });
+ * const link = await SlowLink.start({ upstreamPort, connectDelayMs: 10, requestDelayMs: 10, bandwidthBytesPerSecond: 0, onData: timeline.onData });
  * const t0 = performance.now();
  * // ... run something ...
  * console.log(timeline.format(t0).join('\n'));
  * ```
  */
-import type { TrafficEvent } from './connect-delay.ts';
+import type { TrafficEvent } from './slow-link.ts';
 
 interface Entry {
   connection: number;
