@@ -13,7 +13,8 @@
  * empty `<trace>.ok`. Replay: the read records of each layer are merged into ranges
  * (overlapping or at most `mergeGap` apart, {@link replayRanges}), taken in the order of
  * their first record by `concurrency` workers, each range read in pieces of at most
- * 1 MiB (errors ignored) until done or closed; it never delays the device open.
+ * {@link REPLAY_PIECE} (errors ignored) until done or closed; it never delays the device
+ * open.
  *
  * Dynamic file-list prefetch (§8.3, a non-trace file) is not implemented: such a file
  * leaves prefetch disabled.
@@ -118,7 +119,7 @@ export function replayRanges(records: readonly TraceRecord[], gap: number): Repl
 export interface ReplayStats {
   /** Read records of the trace. */
   records: number;
-  /** Pieces (≤ 1 MiB) read successfully. */
+  /** Pieces (≤ {@link REPLAY_PIECE}) read successfully. */
   pieces: number;
   /** Bytes read successfully. */
   bytes: number;
