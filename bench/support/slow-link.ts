@@ -27,6 +27,7 @@
  * ```
  */
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { listenOnLoopback } from '../../test/support/listen.ts';
 
 /** A piece of traffic: `up` from the client (its first 1 KiB in `head`), `down` to it. */
 export interface TrafficEvent {
@@ -81,10 +82,7 @@ export class SlowLink {
   /** Listens on 127.0.0.1, port 0. */
   static async start(o: SlowLinkOptions): Promise<SlowLink> {
     const link = new SlowLink(o);
-    await new Promise<void>((resolve, reject) => {
-      link.#server.once('error', reject);
-      link.#server.listen(0, '127.0.0.1', () => resolve());
-    });
+    await listenOnLoopback(link.#server);
     return link;
   }
 

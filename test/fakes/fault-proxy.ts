@@ -28,6 +28,7 @@
 import { Agent, createServer, request as httpRequest } from 'node:http';
 import type { IncomingHttpHeaders, IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { listenOnLoopback } from '../support/listen.ts';
 
 /** The faults the proxy can inject. */
 export type FaultKind = 'drop' | 'drop-after-headers' | 'server-error' | 'stall' | 'truncate' | 'flip';
@@ -160,10 +161,7 @@ export class FaultProxy {
   /** Starts the proxy on 127.0.0.1 and an ephemeral port. */
   static async start(options: FaultProxyOptions): Promise<FaultProxy> {
     const proxy = new FaultProxy(options);
-    await new Promise<void>((resolve, reject) => {
-      proxy.#server.once('error', reject);
-      proxy.#server.listen(0, '127.0.0.1', () => resolve());
-    });
+    await listenOnLoopback(proxy.#server);
     return proxy;
   }
 

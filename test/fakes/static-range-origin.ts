@@ -19,6 +19,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { createHash } from 'node:crypto';
+import { listenOnLoopback } from '../support/listen.ts';
 
 /** Counters of a {@link StaticRangeOrigin}. */
 export interface OriginCounters {
@@ -57,10 +58,7 @@ export class StaticRangeOrigin {
       map.set(path, { bytes, etag: `"${createHash('sha256').update(bytes).digest('hex').slice(0, 32)}"` });
     }
     const origin = new StaticRangeOrigin(map);
-    await new Promise<void>((resolve, reject) => {
-      origin.#server.once('error', reject);
-      origin.#server.listen(0, '127.0.0.1', () => resolve());
-    });
+    await listenOnLoopback(origin.#server);
     return origin;
   }
 
