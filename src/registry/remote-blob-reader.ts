@@ -6,8 +6,10 @@
  * small in-memory LRU (bounded in bytes), so sequential small reads do not refetch.
  * Adjacent missing chunks of one read are coalesced into one range request (at most
  * `maxRequestBytes`); two reads needing the same chunk at the same time share one
- * request; at most `concurrency` requests are in flight. With `readaheadBytes`, a miss
- * that starts where the previous read's request ended (a sequential stream) fetches
+ * request, and each chunk is handed to its readers as soon as its bytes are in, before
+ * the rest of its request; at most `concurrency` requests are in flight. With
+ * `readaheadBytes`, a miss that starts where the previous read's request ended (a
+ * sequential stream) fetches
  * twice the previous request's chunks, up to that window, so a file read front to back
  * costs a few round trips instead of one per chunk. Each request attempt has a
  * deadline and a stall timer; temporary failures (`UnavailableError`, a wrong byte
