@@ -235,7 +235,7 @@ export async function diffInto(
         }
         if (run >= 0) emit(run, c.n);
       }
-      for (const [from, to] of runs) await (onChanged as NonNullable<typeof onChanged>)(c.at + from, a.subarray(from, to));
+      if (onChanged !== undefined) for (const [from, to] of runs) await onChanged(c.at + from, a.subarray(from, to));
       if (writes.length === 0) {
         free.push(bufs);
         continue;

@@ -9,9 +9,8 @@
  * request, and each chunk is handed to its readers as soon as its bytes are in, before
  * the rest of its request; at most `concurrency` requests are in flight. With
  * `readaheadBytes`, a miss that starts where the previous read's request ended (a
- * sequential stream) fetches
- * twice the previous request's chunks, up to that window, so a file read front to back
- * costs a few round trips instead of one per chunk. Each request attempt has a
+ * sequential stream) fetches twice the previous request's chunks, up to that window,
+ * so a file read front to back costs a few round trips instead of one per chunk. Each request attempt has a
  * deadline and a stall timer; temporary failures (`UnavailableError`, a wrong byte
  * count, a timeout) are retried with exponential backoff, and after the last retry the
  * read fails with an `UnavailableError` naming the blob and the range.
@@ -244,9 +243,7 @@ export class RemoteBlobReader implements BlobReader, Evictable, Prefetchable {
   }
 
   async readAt(buf: Uint8Array, offset: number): Promise<number> {
-    this.#checkOpen('read');
-    if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`Read offset ${offset} is invalid`);
-    const count = clampRead(this.size, offset, buf.length);
+    const count = this.#checkRead(offset, buf.length);
     if (count === 0) return 0;
     const r = this.#refill;
     const first = Math.floor(offset / r);
@@ -267,10 +264,15 @@ export class RemoteBlobReader implements BlobReader, Evictable, Prefetchable {
    * as a read would) without copying them out: a trace replay's read.
    */
   async prefetch(offset: number, length: number): Promise<void> {
+    const count = this.#checkRead(offset, length);
+    if (count > 0) await Promise.all(this.#parts(offset, count));
+  }
+
+  /** The bytes a read of `length` at `offset` gets (0 past the end); throws when closed or `offset` is invalid. */
+  #checkRead(offset: number, length: number): number {
     this.#checkOpen('read');
     if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`Read offset ${offset} is invalid`);
-    const count = clampRead(this.size, offset, length);
-    if (count > 0) await Promise.all(this.#parts(offset, count));
+    return clampRead(this.size, offset, length);
   }
 
   /**
@@ -392,25 +394,22 @@ export class RemoteBlobReader implements BlobReader, Evictable, Prefetchable {
     }
     // Each chunk is delivered once: as soon as its bytes are in (a read waiting for the
     // first chunk of a long request does not wait for the rest), or at the end.
-    const delivered = new Uint8Array(c1 - c0);
+    const settled = new Uint8Array(c1 - c0);
+    /** Whether chunk `i` was still pending; it is no longer in flight either way. */
+    const settle = (i: number): boolean => {
+      if (settled[i] === 1) return false;
+      settled[i] = 1;
+      if (this.#inflight.get(c0 + i) === parts[i]!.promise) this.#inflight.delete(c0 + i);
+      return true;
+    };
     const deliver = (i: number, chunk: Uint8Array): void => {
-      if (delivered[i] === 1) return;
-      delivered[i] = 1;
-      const c = c0 + i;
-      if (this.#inflight.get(c) === parts[i]!.promise) this.#inflight.delete(c);
-      this.#lruPut(c, chunk);
+      if (!settle(i)) return;
+      this.#lruPut(c0 + i, chunk);
       parts[i]!.resolve(chunk);
     };
     this.#fetchWithRetry(from, length, deliver).then(
       (chunks) => chunks.forEach((chunk, i) => deliver(i, chunk)),
-      (e: unknown) => {
-        for (let i = 0; i < parts.length; i++) {
-          if (delivered[i] === 1) continue;
-          delivered[i] = 1;
-          if (this.#inflight.get(c0 + i) === parts[i]!.promise) this.#inflight.delete(c0 + i);
-          parts[i]!.reject(e);
-        }
-      },
+      (e: unknown) => parts.forEach((d, i) => settle(i) && d.reject(e)),
     );
     return parts.map((d) => d.promise);
   }

@@ -46,13 +46,19 @@ export function snapshotsService(): grpc.ServiceClientConstructor {
   return cached;
 }
 
+/** Service definitions whose codecs {@link warmCodecs} already ran. */
+const warmed = new WeakSet<grpc.ServiceDefinition>();
+
 /**
  * Runs every codec of `service` once on empty messages (and on one nested Info, Mount
  * and label map), so that protobufjs generates its encoders and decoders now rather
  * than on the first call: ~40 ms of CPU on a small machine, on the first pull's path
- * otherwise. Never throws.
+ * otherwise. Once per definition (the daemon's server and its pull client share the
+ * snapshots service's). Never throws.
  */
 export function warmCodecs(service: grpc.ServiceDefinition): void {
+  if (warmed.has(service)) return;
+  warmed.add(service);
   const sample = { info: { labels: { k: 'v' } }, mounts: [{ options: [''] }], labels: { k: 'v' } };
   for (const m of Object.values(service)) {
     for (const run of [
