@@ -35,6 +35,20 @@ export interface NativeBinding {
   ): number;
   /** Compresses one block as upstream does and appends the block CRC when `verify`. */
   encodeBlock(src: Uint8Array, dst: Uint8Array, algo: number, verify: number): number;
+  /**
+   * Encodes `src` as blocks of `blockSize` (the last may be shorter), each as
+   * {@link encodeBlock} does, on a libuv pool thread: stored blocks packed into `dst`
+   * (room `slot` per block), their lengths into `lengths`. Resolves with the packed
+   * bytes, or `-(i+1)` when block i failed. The buffers must stay untouched until then.
+   */
+  encodeBlocks(src: Uint8Array, blockSize: number, dst: Uint8Array, slot: number, lengths: Uint32Array, algo: number, verify: number): Promise<number>;
+  /**
+   * Compares two files block by block (4 KiB) over `ranges` (`[start, end)` pairs,
+   * sorted, block-aligned starts) on two pool threads; resolves with the ranges that
+   * differ as pairs, adjacent ones merged. With `update`, differing blocks are copied
+   * from the first file into the second. Rejects naming a failed read or write.
+   */
+  diffRanges(diskFd: number, shadowFd: number, ranges: Float64Array, update: number): Promise<Float64Array>;
   isAllZero(buf: Uint8Array): boolean;
   /** lseek(SEEK_DATA): next data offset ≥ `offset`, -1 when none (ENXIO), < -1000 on error. */
   seekData(fd: number, offset: number): number;

@@ -152,17 +152,19 @@ test('ZFileWriter writes through a FileSink and exposes position and trailer', a
   }
 });
 
-test('ZFileWriter.writeAt() patches only the block not yet compressed', async () => {
+test('ZFileWriter.writeAt() patches only bytes not yet handed to the encoder', async () => {
   const sink = new MemorySink();
   const w = await ZFileWriter.create(sink, { blockSize: 4096 });
-  await w.write(new Uint8Array(5000));
-  await w.writeAt(Uint8Array.of(1, 2, 3), 4096);
+  const MiB = 1 << 20; // one encoder batch
+  await w.write(new Uint8Array(MiB + 5000));
+  await w.writeAt(Uint8Array.of(1, 2, 3), MiB + 4096);
   await assert.rejects(w.writeAt(Uint8Array.of(1), 100), FailedPreconditionError);
-  await assert.rejects(w.writeAt(Uint8Array.of(1, 2), 4999), FailedPreconditionError);
+  await assert.rejects(w.writeAt(Uint8Array.of(1), MiB - 1), FailedPreconditionError);
+  await assert.rejects(w.writeAt(Uint8Array.of(1, 2), MiB + 4999), FailedPreconditionError);
   await w.close();
   const r = await ZFileReader.open(new MemoryReader(sink.bytes()));
   const buf = new Uint8Array(4);
-  await r.readAt(buf, 4095);
+  await r.readAt(buf, MiB + 4095);
   assert.deepEqual([...buf], [0, 1, 2, 3]);
   await assert.rejects(w.write(new Uint8Array(1)), /writer is closed/);
   await w.close(); // idempotent

@@ -43,16 +43,40 @@ export interface ZFileWriterOptions {
   rewriteHeader?: boolean;
 }
 
-/** Stored bytes gathered before one write to the sink. */
-const FLUSH_BYTES = 1 << 20;
+/** Uncompressed bytes handed to the encoder at once (whole blocks; at least one block). */
+const BATCH_BYTES = 1 << 20;
+/** Batches being encoded on the libuv pool while the next one fills. */
+const IN_FLIGHT = 3;
 /** Headroom of the encoder output over the block size: covers the LZ4 and zstd bounds + CRC. */
 const ENCODE_SLACK = 1024;
 
 /**
- * Writes a ZFile into a sink. `position` counts uncompressed bytes. `writeAt` can only
- * rewrite bytes that are still in the current, not yet compressed block. `close` writes
- * the last block, the jump table, the trailer (and the rewritten header when asked) and
- * closes the sink. The sink must not keep references to buffers after `write` resolves.
+ * Batches of finished writers, by block size, for the next writer: on the VMs this runs
+ * on, first-touch page faults cost ~4 ms per fresh MiB, more than encoding it.
+ */
+const spareBatches = new Map<number, Batch[]>();
+/** Batches kept per block size: one writer's worth. */
+const SPARE_LIMIT = IN_FLIGHT + 1;
+
+/** A run of blocks: filled here, then encoded on a pool thread. */
+interface Batch {
+  src: Uint8Array;
+  fill: number;
+  dst: Uint8Array;
+  lengths: Uint32Array;
+  /** Packed stored bytes (or -(i+1) for a failed block i) once encoded. */
+  job: Promise<number> | undefined;
+}
+
+/**
+ * Writes a ZFile into a sink. `position` counts uncompressed bytes. Blocks are
+ * compressed in batches on the libuv thread pool ({@link IN_FLIGHT} at a time, in
+ * order), so the calling thread only copies bytes in and stored blocks out. `writeAt`
+ * can only rewrite bytes that are still in the batch being filled (the last
+ * {@link BATCH_BYTES} at most); anything older is already handed to the encoder.
+ * `close` writes the last block, the jump table, the trailer (and the rewritten header
+ * when asked) and closes the sink. The sink must not keep references to buffers after
+ * `write` resolves.
  */
 export class ZFileWriter implements ByteSink {
   readonly #sink: ByteSink;
@@ -60,15 +84,15 @@ export class ZFileWriter implements ByteSink {
   readonly #algo: number;
   readonly #verify: boolean;
   readonly #rewriteHeader: boolean;
-  /** The current partial block. */
-  readonly #block: Uint8Array;
-  #blockFill = 0;
-  /** Encoded blocks waiting to be written to the sink. */
-  readonly #out: Uint8Array;
-  #outFill = 0;
+  readonly #batchBytes: number;
+  /** The batch being filled. */
+  #batch: Batch;
+  /** Batches being encoded, oldest first. */
+  readonly #encoding: Batch[] = [];
+  readonly #free: Batch[] = [];
   #lengths = new Uint32Array(1024);
   #count = 0;
-  #stored = 0; // sum of stored block lengths written or pending
+  #stored = 0; // sum of stored block lengths written
   #written = 0; // uncompressed bytes accepted
   #closed = false;
   #busy = false;
@@ -79,8 +103,8 @@ export class ZFileWriter implements ByteSink {
     this.#algo = o.algo;
     this.#verify = o.verify;
     this.#rewriteHeader = o.rewriteHeader;
-    this.#block = new Uint8Array(o.blockSize);
-    this.#out = new Uint8Array(FLUSH_BYTES + o.blockSize + ENCODE_SLACK);
+    this.#batchBytes = Math.max(o.blockSize, BATCH_BYTES);
+    this.#batch = this.#takeBatch();
   }
 
   /**
@@ -129,27 +153,13 @@ export class ZFileWriter implements ByteSink {
   async write(buf: Uint8Array): Promise<void> {
     this.#enter('write');
     try {
-      const bs = this.#blockSize;
-      let p = 0;
-      if (this.#blockFill > 0) {
-        const n = Math.min(bs - this.#blockFill, buf.length);
-        this.#block.set(buf.subarray(0, n), this.#blockFill);
-        this.#blockFill += n;
-        p = n;
-        if (this.#blockFill === bs) {
-          if (this.#encode(this.#block)) await this.#flush();
-          this.#blockFill = 0;
-        }
-      }
-      // Whole blocks straight from the caller's buffer (no promise per block: a 4 KiB
-      // block encodes in microseconds, an await per block cost as much again).
-      while (buf.length - p >= bs) {
-        if (this.#encode(buf.subarray(p, p + bs))) await this.#flush();
-        p += bs;
-      }
-      if (p < buf.length) {
-        this.#block.set(buf.subarray(p), 0);
-        this.#blockFill = buf.length - p;
+      for (let p = 0; p < buf.length; ) {
+        const batch = this.#batch;
+        const n = Math.min(this.#batchBytes - batch.fill, buf.length - p);
+        batch.src.set(buf.subarray(p, p + n), batch.fill);
+        batch.fill += n;
+        p += n;
+        if (batch.fill === this.#batchBytes) await this.#submit(IN_FLIGHT);
       }
       this.#written += buf.length;
     } finally {
@@ -157,15 +167,16 @@ export class ZFileWriter implements ByteSink {
     }
   }
 
-  /** Rewrites bytes of the current, not yet compressed block; anything older is already encoded. */
+  /** Rewrites bytes of the batch being filled; anything older is already with the encoder. */
   async writeAt(buf: Uint8Array, offset: number): Promise<void> {
-    const blockStart = this.#written - this.#blockFill;
-    if (offset < blockStart || offset + buf.length > this.#written) {
+    if (this.#closed) throw new FailedPreconditionError('Cannot rewrite ZFile content: writer is closed');
+    const batchStart = this.#written - this.#batch.fill;
+    if (offset < batchStart || offset + buf.length > this.#written) {
       throw new FailedPreconditionError(
-        `Cannot rewrite ZFile content [${offset}, +${buf.length}): only [${blockStart}, ${this.#written}) is not yet compressed`,
+        `Cannot rewrite ZFile content [${offset}, +${buf.length}): only [${batchStart}, ${this.#written}) is not yet compressed`,
       );
     }
-    this.#block.set(buf, offset - blockStart);
+    this.#batch.src.set(buf, offset - batchStart);
   }
 
   /**
@@ -177,8 +188,8 @@ export class ZFileWriter implements ByteSink {
     this.#enter('close');
     this.#closed = true;
     try {
-      if (this.#blockFill > 0) this.#encode(this.#block.subarray(0, this.#blockFill));
-      await this.#flush();
+      if (this.#batch.fill > 0) await this.#submit(1);
+      while (this.#encoding.length > 0) await this.#drainOne();
       const n = this.#count;
       const table = new Uint8Array(4 * n);
       const tv = new DataView(table.buffer);
@@ -200,6 +211,7 @@ export class ZFileWriter implements ByteSink {
         await this.#sink.writeAt(encodeZFileHeader({ ...trailer, flags: ZFILE_FLAGS_REWRITTEN_HEADER }), 0);
       }
       this.#trailer = trailer;
+      this.#releaseBatches();
     } finally {
       this.#busy = false;
     }
@@ -216,28 +228,53 @@ export class ZFileWriter implements ByteSink {
     return emptyZFileHeader({ blockSize: this.#blockSize, algo: this.#algo, verify: this.#verify });
   }
 
-  /** Encodes one block into the output buffer; true when the buffer should be flushed. */
-  #encode(block: Uint8Array): boolean {
-    const room = this.#blockSize + ENCODE_SLACK;
-    const dst = this.#out.subarray(this.#outFill, this.#outFill + room);
-    const n = native.encodeBlock(block, dst, this.#algo, this.#verify ? 1 : 0);
-    if (n <= 0) {
-      throw new RangeError(`Cannot compress ZFile block ${this.#count}: encoder returned ${n}`);
+  #takeBatch(): Batch {
+    const spare = spareBatches.get(this.#blockSize)?.pop();
+    if (spare !== undefined) return spare;
+    const blocks = Math.ceil(this.#batchBytes / this.#blockSize);
+    return { src: new Uint8Array(this.#batchBytes), fill: 0, dst: new Uint8Array(blocks * (this.#blockSize + ENCODE_SLACK)), lengths: new Uint32Array(blocks), job: undefined };
+  }
+
+  /** Gives the idle batches to the next writer. */
+  #releaseBatches(): void {
+    let spare = spareBatches.get(this.#blockSize);
+    if (spare === undefined) spareBatches.set(this.#blockSize, (spare = []));
+    for (const b of [this.#batch, ...this.#free.splice(0)]) {
+      b.fill = 0;
+      if (spare.length < SPARE_LIMIT) spare.push(b);
     }
-    if (this.#count === this.#lengths.length) {
-      const next = new Uint32Array(this.#lengths.length * 2);
+  }
+
+  /** Hands the filled batch to the encoder, then waits until fewer than `limit` are encoding. */
+  async #submit(limit: number): Promise<void> {
+    const batch = this.#batch;
+    const job = native.encodeBlocks(batch.src.subarray(0, batch.fill), this.#blockSize, batch.dst, this.#blockSize + ENCODE_SLACK, batch.lengths, this.#algo, this.#verify ? 1 : 0);
+    job.catch(() => {}); // awaited in order by #drainOne
+    batch.job = job;
+    this.#encoding.push(batch);
+    this.#batch = this.#free.pop() ?? this.#takeBatch();
+    while (this.#encoding.length >= limit) await this.#drainOne();
+  }
+
+  /** Waits for the oldest encoding batch and writes its stored blocks to the sink. */
+  async #drainOne(): Promise<void> {
+    const batch = this.#encoding.shift() as Batch;
+    const n = await (batch.job as Promise<number>);
+    const blocks = Math.ceil(batch.fill / this.#blockSize);
+    if (n <= 0) {
+      throw new RangeError(`Cannot compress ZFile block ${this.#count + (n < 0 ? -n - 1 : 0)}: the encoder failed`);
+    }
+    if (this.#count + blocks > this.#lengths.length) {
+      const next = new Uint32Array(Math.max(this.#lengths.length * 2, this.#count + blocks));
       next.set(this.#lengths);
       this.#lengths = next;
     }
-    this.#lengths[this.#count++] = n;
-    this.#outFill += n;
+    this.#lengths.set(batch.lengths.subarray(0, blocks), this.#count);
+    this.#count += blocks;
     this.#stored += n;
-    return this.#outFill >= FLUSH_BYTES;
-  }
-
-  async #flush(): Promise<void> {
-    if (this.#outFill === 0) return;
-    await this.#sink.write(this.#out.subarray(0, this.#outFill));
-    this.#outFill = 0;
+    await this.#sink.write(batch.dst.subarray(0, n));
+    batch.fill = 0;
+    batch.job = undefined;
+    this.#free.push(batch);
   }
 }
