@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { buildTar } from './tar-writer.ts';
 import { DirectoryApplier } from './directory-applier.ts';
+import { FailedPreconditionError } from '../io/errors.ts';
 import { diffInto, RawImageBuilder, rangeSegments, scratchMountSpec, unionExtents } from './raw-image-builder.ts';
 import { openDevice } from '../device/open-device.ts';
 import { exportRaw } from '../device/export-raw.ts';
@@ -69,6 +70,29 @@ test('diffInto finds exactly the changed blocks, zeros included, and updates the
     assert.ok(got.every((x) => x === 0), 'and the zeros');
     assert.deepEqual(await diffInto(disk, shadow, { size }), [], 'a second diff finds nothing');
     await disk.close();
+    await shadow.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('diffInto compares a last partial block and names a failed read', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'obd-diff-'));
+  try {
+    const size = 3 * 4096 + 512; // the file ends inside a block
+    const disk = await open(join(dir, 'disk'), 'w+');
+    const shadow = await open(join(dir, 'shadow'), 'w+');
+    await disk.write(new Uint8Array(512).fill(7), 0, 512, 3 * 4096);
+    await disk.truncate(size);
+    await shadow.truncate(size);
+    assert.deepEqual(await diffInto(disk, shadow, { size }), [[3 * 4096, size]]);
+    const got = new Uint8Array(512);
+    await shadow.read(got, 0, 512, 3 * 4096);
+    assert.ok(got.every((x) => x === 7), 'the partial block was copied');
+    await disk.close();
+    const writeOnly = await open(join(dir, 'disk'), 'a'); // pread fails: EBADF
+    await assert.rejects(diffInto(writeOnly, shadow, { size }), (e: Error) => e instanceof FailedPreconditionError && /compare the disk image with its shadow: .*cannot read: Bad file descriptor/.test(e.message));
+    await writeOnly.close();
     await shadow.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });

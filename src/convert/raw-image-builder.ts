@@ -20,7 +20,7 @@
  * 3. those blocks are committed from the shadow (tar-wrapped ZFile with the chain-ID
  *    UUIDs) in the background while the next layer is applied; the next layer's diff
  *    waits for that commit (it changes the shadow). The last layer (`last`) skips the
- *    shadow: its changed blocks go from the diff straight into its commit.
+ *    shadow: its changed blocks are committed straight from the disk.
  *
  * The merged view of the committed layers is the disk after each apply, block for
  * block, so the layers mount exactly as upstream's do. They never hold more blocks than
@@ -41,7 +41,7 @@
 import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { openFileReader, type FileReader } from '../io/file-reader.ts';
-import { commitLayer, commitPieces, type CommitHeader } from '../formats/lsmt/commit.ts';
+import { commitLayer, type CommitHeader } from '../formats/lsmt/commit.ts';
 import { MAX_SEGMENT_LENGTH, SECTOR, type Segment } from '../formats/lsmt/segment.ts';
 import { seekDataExtents, type Extent } from '../formats/lsmt/sparse-layer.ts';
 import { writeLayerFile } from '../formats/layer-files.ts';
@@ -56,7 +56,7 @@ import type { ApplyOptions, ApplyStats, LayerApplier } from './layer-applier.ts'
 
 /** Comparison granularity: a file-system block. */
 const BLOCK = 4096;
-/** Bytes compared per read. */
+/** Bytes copied per read. */
 const CHUNK = 4 << 20;
 /** Longest index entry written: the largest whole number of blocks within MAX_SEGMENT_LENGTH sectors. */
 const MAX_PIECE = Math.floor((MAX_SEGMENT_LENGTH * SECTOR) / BLOCK) * BLOCK;
@@ -93,9 +93,8 @@ export interface RawLayerOptions {
   /** Called once the apply is done, before the layer's blocks are collected and committed. */
   onCommit?: () => void;
   /**
-   * No layer follows: the disk does not change again, so its changed blocks go into the
-   * commit as the diff finds them, and the shadow is not brought up to date. Later builds
-   * are refused.
+   * No layer follows: the disk does not change again, so its changed blocks are committed
+   * from the disk, and the shadow is not brought up to date. Later builds are refused.
    */
   last?: boolean;
 }
@@ -150,110 +149,24 @@ export function unionExtents(a: readonly Extent[], b: readonly Extent[], size: n
   return out;
 }
 
-/** Chunks read ahead of the one being compared (each reads both files). */
-const DIFF_WINDOW = 3;
-
-interface DiffChunk {
-  at: number;
-  n: number;
-  /** Whether the shadow holds data here; else it reads zeros and is not read. */
-  both: boolean;
-}
-
 /**
  * Finds every block of `disk` that differs from `shadow` and, unless `update` is false,
  * copies it into `shadow`. Returns the changed byte ranges (whole blocks, in order,
- * adjacent ones merged); with `onChanged`, also hands over their bytes as they are found,
- * in order (each run of changed blocks of a chunk; the bytes are only valid until the
- * returned promise settles).
- *
- * The data extents are read in chunks, {@link DIFF_WINDOW} chunks ahead of the compare,
- * and changed blocks are written back while the next chunks are compared.
+ * adjacent ones merged). Only the union of both files' data extents is compared
+ * (everything else reads zeros on both), block by block on two pool threads
+ * (`native.diffRanges`): this sits between two layers' applies, where nothing else runs.
  */
-export async function diffInto(
-  disk: FileHandle,
-  shadow: FileHandle,
-  options: { size: number; update?: boolean; onChanged?: (offset: number, data: Uint8Array) => Promise<void> },
-): Promise<Extent[]> {
-  const { size, update = true, onChanged } = options;
-  const shadowData = await seekDataExtents(shadow, 0, size);
-  const ranges = unionExtents(await seekDataExtents(disk, 0, size), shadowData, size);
-  let si = 0;
-  const shadowHasData = (at: number, n: number): boolean => {
-    while (si < shadowData.length && (shadowData[si] as Extent)[1] <= at) si++;
-    return si < shadowData.length && (shadowData[si] as Extent)[0] < at + n;
-  };
-  const chunks: DiffChunk[] = [];
-  for (const [start, end] of ranges) {
-    for (let at = start; at < end; at += CHUNK) {
-      const n = Math.min(CHUNK, end - at);
-      chunks.push({ at, n, both: shadowHasData(at, n) });
-    }
-  }
-  type Buffers = { a: Buffer; b: Buffer };
-  const free: Buffers[] = [];
-  const load = async (c: DiffChunk): Promise<Buffers> => {
-    const bufs = free.pop() ?? { a: Buffer.allocUnsafe(CHUNK), b: Buffer.allocUnsafe(CHUNK) };
-    const reads = [readFull(disk, bufs.a.subarray(0, c.n), c.at)];
-    if (c.both) reads.push(readFull(shadow, bufs.b.subarray(0, c.n), c.at));
-    await Promise.all(reads);
-    return bufs;
-  };
-  const changed: Array<[number, number]> = [];
-  const reading: Array<Promise<Buffers>> = [];
-  const writing = new Set<Promise<void>>();
-  let next = 0;
-  try {
-    for (const c of chunks) {
-      while (next < chunks.length && reading.length < DIFF_WINDOW) {
-        const p = load(chunks[next++] as DiffChunk);
-        p.catch(() => {}); // awaited in order below
-        reading.push(p);
-      }
-      const bufs = await (reading.shift() as Promise<Buffers>);
-      const { a, b } = bufs;
-      // Whether [k, k+len) of the chunk differs (the shadow reads zeros where it has no data).
-      const differs = (k: number, len: number): boolean => (c.both ? a.compare(b, k, k + len, k, k + len) !== 0 : !native.isAllZero(a.subarray(k, k + len)));
-      const writes: Array<Promise<void>> = [];
-      const runs: Array<[number, number]> = [];
-      if (differs(0, c.n)) {
-        const emit = (from: number, to: number): void => {
-          if (update) writes.push(writeFull(shadow, a.subarray(from, to), c.at + from));
-          if (onChanged !== undefined) runs.push([from, to]);
-          const last = changed[changed.length - 1];
-          if (last !== undefined && last[1] === c.at + from) last[1] = c.at + to;
-          else changed.push([c.at + from, c.at + to]);
-        };
-        let run = -1;
-        for (let k = 0; k < c.n; k += BLOCK) {
-          const d = differs(k, BLOCK);
-          if (d && run < 0) run = k;
-          if (!d && run >= 0) {
-            emit(run, k);
-            run = -1;
-          }
-        }
-        if (run >= 0) emit(run, c.n);
-      }
-      if (onChanged !== undefined) for (const [from, to] of runs) await onChanged(c.at + from, a.subarray(from, to));
-      if (writes.length === 0) {
-        free.push(bufs);
-        continue;
-      }
-      // The chunk's buffers are reused once its writes are done.
-      const done: Promise<void> = Promise.all(writes).then(() => {
-        writing.delete(done);
-        free.push(bufs);
-      });
-      done.catch(() => {}); // awaited below (race, all)
-      writing.add(done);
-      if (writing.size >= DIFF_WINDOW) await Promise.race(writing);
-    }
-    await Promise.all(writing);
-  } finally {
-    await Promise.allSettled([...reading, ...writing]);
-  }
-  return changed;
+export async function diffInto(disk: FileHandle, shadow: FileHandle, options: { size: number; update?: boolean }): Promise<Extent[]> {
+  const { size, update = true } = options;
+  const ranges = unionExtents(await seekDataExtents(disk, 0, size), await seekDataExtents(shadow, 0, size), size);
+  const flat = new Float64Array(ranges.length * 2);
+  ranges.forEach(([s, e], i) => flat.set([s, e], 2 * i));
+  const changed = await native.diffRanges(disk.fd, shadow.fd, flat, update ? 1 : 0).catch((e: Error) => {
+    throw new FailedPreconditionError(`Cannot compare the disk image with its shadow: ${e.message}`);
+  });
+  const out: Extent[] = [];
+  for (let i = 0; i < changed.length; i += 2) out.push([changed[i] as number, changed[i + 1] as number]);
+  return out;
 }
 
 /** LSMT segments (data at the same offset of source 0) of byte ranges, split to the entry limit. */
@@ -394,8 +307,8 @@ export class RawImageBuilder {
     await this.#lastCommit;
     let committed: Promise<string>;
     if (options.last === true) {
-      // Nothing changes the disk again: its changed blocks go straight into the commit
-      // as the diff finds them (the shadow is left as it is).
+      // Nothing changes the disk again: its changed blocks are committed from it (the
+      // shadow is left as it is).
       committed = this.#commitDiff(file, options);
     } else {
       const changed = await diffInto(this.#disk, this.#shadow, { size: this.#size });
@@ -418,13 +331,11 @@ export class RawImageBuilder {
     };
   }
 
-  /** Commits the blocks of the disk that differ from the shadow, as the diff finds them. */
+  /** Commits the blocks of the disk that differ from the shadow, read from the disk. */
   async #commitDiff(file: string, options: RawLayerOptions): Promise<string> {
-    const { zfile, header } = this.#commitSettings(options);
-    await writeLayerFile(file, { zfile, tar: true, overwrite: true }, (sink) =>
-      commitPieces(header, async (put) => void (await diffInto(this.#disk, this.#shadow, { size: this.#size, update: false, onChanged: put })), sink),
-    );
-    return file;
+    const changed = await diffInto(this.#disk, this.#shadow, { size: this.#size, update: false });
+    const source = await openFileReader(join(resolve(this.#o.dir), 'disk.img'));
+    return this.#commit({ source, segments: rangeSegments(changed), file }, options);
   }
 
   /** Commits `segments` of `source` (a tar-wrapped ZFile, `overlaybd-commit -z -t`); closes `source`. */
