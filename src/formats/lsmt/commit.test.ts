@@ -9,7 +9,7 @@ import { FileSink } from '../../io/file-sink.ts';
 import { MemoryReader } from '../../io/memory-reader.ts';
 import { fill, pat, xs } from '../../../test/support/generators.ts';
 import { sha256, vector } from '../../../test/support/shared.ts';
-import { coalesceSegments, commitLayer, commitPieces, commitWritableLayer, compactIndex } from './commit.ts';
+import { coalesceSegments, commitLayer, commitWritableLayer, compactIndex } from './commit.ts';
 import { decodeHeaderTrailer, HEADER_TRAILER_SIZE } from './header-trailer.ts';
 import type { WritableLayer } from './layer.ts';
 import { decodeSegments, INVALID_OFFSET, type Segment } from './segment.ts';
@@ -252,32 +252,3 @@ test('a read-only open of the shared L1.rw pair commits in place and refuses wri
   assert.equal(sha256(sink.bytes()), L1_COMMIT_SHA);
 });
 
-test('commitPieces writes the same blob as commitLayer over the same data, pieces merged and split at the entry limit', async () => {
-  const S = 512;
-  const big = 20_000; // sectors: more than one segment's worth
-  const disk = new Uint8Array((200 + big) * S);
-  const pieces: Array<[number, number]> = [
-    [0, 8],
-    [100, 16],
-    [116, 8], // adjacent to the previous piece: one segment
-    [200, big],
-  ];
-  for (const [at, n] of pieces) disk.set(pat(n * S, at), at * S);
-  const header = { virtualSize: GIB, uuid: U1, parentUuid: U2 };
-  const expected = new MemorySink();
-  const segments = [seg(0, 8, 0), seg(100, 24, 100), seg(200, 16383, 200), seg(200 + 16383, big - 16383, 200 + 16383)];
-  await commitLayer({ segments, sources: [new MemoryReader(disk)], header }, expected);
-  const got = new MemorySink();
-  await commitPieces(header, async (put) => {
-    for (const [at, n] of pieces) await put(at * S, disk.slice(at * S, (at + n) * S));
-  }, got);
-  assert.equal(sha256(got.bytes()), sha256(expected.bytes()));
-  await assert.rejects(
-    commitPieces(header, async (put) => {
-      await put(4096, new Uint8Array(512));
-      await put(0, new Uint8Array(512));
-    }, new MemorySink()),
-    InvalidArgumentError,
-    'pieces out of order are refused',
-  );
-});
