@@ -7,6 +7,7 @@
  *  - a batch call that verifies and decompresses a run of ZFile blocks in one crossing,
  *    and one that compresses a run of blocks on a libuv pool thread (encodeBlocks);
  *  - a block-by-block compare of two files (diffRanges), on two threads;
+ *  - execve, for the CLI's one restart with tuned malloc settings (src/cli/bin);
  *  - a FUSE READ fast path: C threads that read /dev/fuse, answer READ of a read-only
  *    device from a flattened extent table (pread + CRC-32C + decode into the reply) and
  *    hand every other request to JavaScript (fuseServeStart / fuseServeStop).
@@ -664,6 +665,67 @@ static napi_value js_diff_ranges(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/*
+ * execve(path, argv, envp): replaces this process image (same PID). Standard input,
+ * output and error are handed on (Node marks them close-on-exec at start-up; that mark
+ * is cleared first); other descriptors follow their close-on-exec flag. Returns -errno
+ * only when it fails.
+ */
+static char **string_array(napi_env env, napi_value arr, bool *ok) {
+  uint32_t n = 0;
+  *ok = false;
+  if (napi_get_array_length(env, arr, &n) != napi_ok) return NULL;
+  char **out = (char **)calloc((size_t)n + 1, sizeof(char *));
+  if (out == NULL) return NULL;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    size_t len = 0;
+    if (napi_get_element(env, arr, i, &v) != napi_ok || napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) goto fail;
+    out[i] = (char *)malloc(len + 1);
+    if (out[i] == NULL || napi_get_value_string_utf8(env, v, out[i], len + 1, &len) != napi_ok) goto fail;
+  }
+  *ok = true;
+  return out;
+fail:
+  for (uint32_t i = 0; i < n; i++) free(out[i]);
+  free(out);
+  return NULL;
+}
+
+static void free_strings(char **a) {
+  if (a == NULL) return;
+  for (char **p = a; *p != NULL; p++) free(*p);
+  free(a);
+}
+
+static napi_value js_execve(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  char path[4096];
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok || len == 0 || len >= sizeof path - 1) {
+    napi_throw_type_error(env, NULL, "execve: expected a path");
+    return NULL;
+  }
+  bool ok_a, ok_e;
+  char **a = string_array(env, argv[1], &ok_a);
+  char **e = string_array(env, argv[2], &ok_e);
+  if (!ok_a || !ok_e) {
+    free_strings(a);
+    free_strings(e);
+    napi_throw_type_error(env, NULL, "execve: expected arrays of strings");
+    return NULL;
+  }
+  for (int fd = 0; fd <= 2; fd++) {
+    int flags = fcntl(fd, F_GETFD);
+    if (flags >= 0 && (flags & FD_CLOEXEC)) fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+  }
+  execve(path, a, e);
+  int err = errno;
+  free_strings(a);
+  free_strings(e);
+  return make_i64(env, -err);
+}
+
 /* isAllZero(buf): whether every byte is zero (used by sparse export) */
 static napi_value js_is_all_zero(napi_env env, napi_callback_info info) {
   ARGS(1);
@@ -1263,6 +1325,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"encodeBlock", NULL, js_encode_block, NULL, NULL, NULL, napi_default, NULL},
       {"encodeBlocks", NULL, js_encode_blocks, NULL, NULL, NULL, napi_default, NULL},
       {"diffRanges", NULL, js_diff_ranges, NULL, NULL, NULL, napi_default, NULL},
+      {"execve", NULL, js_execve, NULL, NULL, NULL, napi_default, NULL},
       {"isAllZero", NULL, js_is_all_zero, NULL, NULL, NULL, napi_default, NULL},
       {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_default, NULL},
       {"seekHole", NULL, js_seek_hole, NULL, NULL, NULL, napi_default, NULL},

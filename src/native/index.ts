@@ -49,6 +49,8 @@ export interface NativeBinding {
    * from the first file into the second. Rejects naming a failed read or write.
    */
   diffRanges(diskFd: number, shadowFd: number, ranges: Float64Array, update: number): Promise<Float64Array>;
+  /** Replaces this process image (execve(2)); returns `-errno` only when that fails. */
+  execve(path: string, argv: string[], envp: string[]): number;
   isAllZero(buf: Uint8Array): boolean;
   /** lseek(SEEK_DATA): next data offset ≥ `offset`, -1 when none (ENXIO), < -1000 on error. */
   seekData(fd: number, offset: number): number;
