@@ -8,6 +8,8 @@
  *    and one that compresses a run of blocks on a libuv pool thread (encodeBlocks);
  *  - a block-by-block compare of two files (diffRanges), on two threads;
  *  - execve, for the CLI's one restart with tuned malloc settings (src/cli/bin);
+ *  - mount(2) and a loop-device attach (LOOP_CONFIGURE), without a mount or losetup
+ *    process on the device start path;
  *  - a FUSE READ fast path: C threads that read /dev/fuse, answer READ of a read-only
  *    device from a flattened extent table (pread + CRC-32C + decode into the reply) and
  *    hand every other request to JavaScript (fuseServeStart / fuseServeStop).
@@ -33,6 +35,9 @@
 #include <stdlib.h>
 #include <time.h>
 #include <math.h>
+#include <sys/mount.h>
+#include <sys/ioctl.h>
+#include <linux/loop.h>
 
 /* ---------- CRC-32C ---------- */
 
@@ -726,6 +731,162 @@ static napi_value js_execve(napi_env env, napi_callback_info info) {
   return make_i64(env, -err);
 }
 
+/*
+ * mount(source, target, fstype, flags, data) and loopAttach(file, readOnly, directIo):
+ * Promise<number>, run on a pool thread. Both calls may read the device they mount or
+ * attach, and that device may be served by this very process (an in-process NBD server
+ * behind nbdfuse): a call on the JavaScript thread would wait for itself.
+ *
+ * mount: mount(2), 0 or -errno (the caller parses the option string,
+ * src/native/mount.ts). loopAttach: attaches a free loop device to `file` as
+ * `losetup -f [--direct-io=on] [-r]` does (LOOP_CTL_GET_FREE, LOOP_CONFIGURE, retried
+ * when another process takes the same device first; direct I/O the file does not
+ * support is left off); the device number, or -errno.
+ */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  int kind; /* 0 mount, 1 loop */
+  char a[4096], b[4096], c[256], d[4096];
+  unsigned long flags;
+  bool ro, dio;
+  int64_t result;
+} SysJob;
+
+static bool get_string(napi_env env, napi_value v, char *buf, size_t cap) {
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, v, buf, cap, &len) != napi_ok || len >= cap - 1) {
+    napi_throw_type_error(env, NULL, "Expected a string shorter than the buffer");
+    return false;
+  }
+  return true;
+}
+
+static int64_t loop_attach(const char *file, bool ro, bool dio) {
+  int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+  if (ctl < 0) return -errno;
+  int mode = (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+  int back = open(file, mode | (dio ? O_DIRECT : 0));
+  if (back < 0 && dio && errno == EINVAL) back = open(file, mode);
+  if (back < 0) {
+    int e = errno;
+    close(ctl);
+    return -e;
+  }
+  int64_t result = -EBUSY;
+  for (int attempt = 0; attempt < 16; attempt++) {
+    int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+    if (n < 0) {
+      result = -errno;
+      break;
+    }
+    char dev[64];
+    snprintf(dev, sizeof dev, "/dev/loop%d", n);
+    int lfd = -1;
+    for (int wait = 0; wait < 100; wait++) {
+      lfd = open(dev, mode);
+      if (lfd >= 0 || errno != ENOENT) break;
+      usleep(1000); /* the node appears a moment after GET_FREE */
+    }
+    if (lfd < 0) {
+      result = -errno;
+      break;
+    }
+    struct loop_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.fd = (uint32_t)back;
+    cfg.info.lo_flags = (ro ? LO_FLAGS_READ_ONLY : 0) | (dio ? LO_FLAGS_DIRECT_IO : 0);
+    size_t fl = strlen(file);
+    memcpy(cfg.info.lo_file_name, file, fl < LO_NAME_SIZE - 1 ? fl : LO_NAME_SIZE - 1);
+    int r = ioctl(lfd, LOOP_CONFIGURE, &cfg);
+    if (r < 0 && errno == EINVAL && dio) {
+      cfg.info.lo_flags &= ~LO_FLAGS_DIRECT_IO;
+      r = ioctl(lfd, LOOP_CONFIGURE, &cfg);
+    }
+    int e = errno;
+    close(lfd);
+    if (r == 0) {
+      result = n;
+      break;
+    }
+    if (e != EBUSY) {
+      result = -e;
+      break;
+    }
+  }
+  close(back);
+  close(ctl);
+  return result;
+}
+
+static void sys_execute(napi_env env, void *data) {
+  (void)env;
+  SysJob *j = (SysJob *)data;
+  if (j->kind == 0) {
+    int r = mount(j->a, j->b, j->c, j->flags, j->d[0] ? j->d : NULL);
+    j->result = r == 0 ? 0 : -errno;
+  } else {
+    j->result = loop_attach(j->a, j->ro, j->dio);
+  }
+}
+
+static void sys_complete(napi_env env, napi_status status, void *data) {
+  SysJob *j = (SysJob *)data;
+  napi_value v;
+  napi_create_int64(env, status == napi_ok ? j->result : -ECANCELED, &v);
+  napi_resolve_deferred(env, j->deferred, v);
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+static napi_value queue_sys(napi_env env, SysJob *j, const char *name) {
+  napi_value promise, n;
+  napi_create_promise(env, &j->deferred, &promise);
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &n);
+  napi_create_async_work(env, NULL, n, sys_execute, sys_complete, j, &j->work);
+  napi_queue_async_work(env, j->work);
+  return promise;
+}
+
+static napi_value js_mount(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  SysJob *j = (SysJob *)calloc(1, sizeof(SysJob));
+  double flags;
+  if (j == NULL) {
+    napi_throw_error(env, NULL, "mount: out of memory");
+    return NULL;
+  }
+  if (!get_string(env, argv[0], j->a, sizeof j->a) || !get_string(env, argv[1], j->b, sizeof j->b) ||
+      !get_string(env, argv[2], j->c, sizeof j->c) || !get_string(env, argv[4], j->d, sizeof j->d) ||
+      napi_get_value_double(env, argv[3], &flags) != napi_ok) {
+    free(j);
+    return NULL;
+  }
+  j->kind = 0;
+  j->flags = (unsigned long)flags;
+  return queue_sys(env, j, "obd:mount");
+}
+
+static napi_value js_loop_attach(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  SysJob *j = (SysJob *)calloc(1, sizeof(SysJob));
+  if (j == NULL) {
+    napi_throw_error(env, NULL, "loopAttach: out of memory");
+    return NULL;
+  }
+  if (!get_string(env, argv[0], j->a, sizeof j->a)) {
+    free(j);
+    return NULL;
+  }
+  if (napi_get_value_bool(env, argv[1], &j->ro) != napi_ok || napi_get_value_bool(env, argv[2], &j->dio) != napi_ok) {
+    free(j);
+    napi_throw_type_error(env, NULL, "loopAttach: expected (file, readOnly, directIo)");
+    return NULL;
+  }
+  j->kind = 1;
+  return queue_sys(env, j, "obd:loopAttach");
+}
+
 /* isAllZero(buf): whether every byte is zero (used by sparse export) */
 static napi_value js_is_all_zero(napi_env env, napi_callback_info info) {
   ARGS(1);
@@ -1326,6 +1487,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"encodeBlocks", NULL, js_encode_blocks, NULL, NULL, NULL, napi_default, NULL},
       {"diffRanges", NULL, js_diff_ranges, NULL, NULL, NULL, napi_default, NULL},
       {"execve", NULL, js_execve, NULL, NULL, NULL, napi_default, NULL},
+      {"mount", NULL, js_mount, NULL, NULL, NULL, napi_default, NULL},
+      {"loopAttach", NULL, js_loop_attach, NULL, NULL, NULL, napi_default, NULL},
       {"isAllZero", NULL, js_is_all_zero, NULL, NULL, NULL, napi_default, NULL},
       {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_default, NULL},
       {"seekHole", NULL, js_seek_hole, NULL, NULL, NULL, napi_default, NULL},

@@ -5,7 +5,11 @@
 import { open, readFile } from 'node:fs/promises';
 import type { BlockDevice } from '../io/block-device.ts';
 import { InvalidArgumentError } from '../io/errors.ts';
+import { debuglog, getSystemErrorName } from 'node:util';
+import { mountWithOptions, remountSyscall } from '../native/mount.ts';
 import { runCommand } from './run-command.ts';
+
+const log = debuglog('obd');
 
 export interface FsSpec {
   fstype: string;
@@ -63,11 +67,18 @@ export async function mkfs(dev: string, spec: FsSpec): Promise<void> {
 export async function mountFs(dev: string, dir: string, options: { spec: FsSpec; writable: boolean }): Promise<void> {
   const opts = [options.writable ? 'rw' : 'ro', ...options.spec.mountOptions];
   if (!options.writable && options.spec.fstype === 'ext4') opts.push('noload');
+  // mount(2) first; mount(8) when that fails, for its helpers and its message.
+  const r = await mountWithOptions({ source: dev, target: dir, fstype: options.spec.fstype, options: opts });
+  if (r === 0) return;
+  log('mount: mount(2) of %s on %s failed (%s); running mount', dev, dir, getSystemErrorName(r));
   await runCommand(['mount', '-t', options.spec.fstype, '-o', opts.join(','), dev, dir], { what: `mount ${dev} on ${dir}` });
 }
 
 /** Switches the file system mounted on `dir` to read-write or read-only (which writes it back and marks it clean). */
 export async function remountFs(dir: string, options: { writable: boolean }): Promise<void> {
+  const r = await remountSyscall(dir, options.writable);
+  if (r === 0) return;
+  log('mount: remount of %s by mount(2) failed (%s); running mount', dir, getSystemErrorName(r));
   await runCommand(['mount', '-o', `remount,${options.writable ? 'rw' : 'ro'}`, dir], { what: `remount ${dir} ${options.writable ? 'read-write' : 'read-only'}` });
 }
 

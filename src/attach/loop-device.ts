@@ -3,9 +3,16 @@
  * FUSE-served image (no second page cache), buffered for a plain disk image file.
  */
 import { readFile } from 'node:fs/promises';
+import { debuglog, getSystemErrorName } from 'node:util';
+import { attachLoopSyscall } from '../native/mount.ts';
 import { runCommand } from './run-command.ts';
 
+const log = debuglog('obd');
+
 export async function attachLoop(file: string, options: { readOnly: boolean; directIo?: boolean }): Promise<string> {
+  const dev = await attachLoopSyscall(file, { readOnly: options.readOnly, directIo: options.directIo !== false });
+  if (typeof dev === 'string') return dev;
+  log('loop: cannot attach %s by LOOP_CONFIGURE (%s); running losetup', file, getSystemErrorName(dev));
   const args = ['losetup', '-f', '--show', ...(options.directIo === false ? [] : ['--direct-io=on']), ...(options.readOnly ? ['-r'] : []), file];
   const { stdout } = await runCommand(args, { what: `attach a loop device to ${file}` });
   return stdout.trim();

@@ -21,6 +21,7 @@ import { debuglog } from 'node:util';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../io/errors.ts';
 import { abortFuseConnection, findMount } from './fuse-connection.ts';
 import { runWithFd } from './_run-with-fd.ts';
+import { mountWithOptions } from '../native/mount.ts';
 import type { MountInfo } from './fuse-connection.ts';
 
 const log = debuglog('obd');
@@ -71,6 +72,14 @@ class OpenFuse implements FuseMountpoint {
     const gid = options.gid ?? process.getgid?.() ?? 0;
     const opts = ['fd=3', 'rootmode=40000', `user_id=${uid}`, `group_id=${gid}`, 'allow_other', 'default_permissions'];
     if (options.readOnly) opts.push('ro');
+    // mount(2) with this process's own descriptor; mount(8) (given it as fd 3) when that fails.
+    const own = opts.map((o) => (o === 'fd=3' ? `fd=${this.fd}` : o));
+    if ((await mountWithOptions({ source: 'obd', target: this.mountpoint, fstype: FUSE_FSTYPE, options: own })) === 0) {
+      const mounted = await this.#findOwnMount();
+      if (mounted === undefined) throw new FailedPreconditionError(`Cannot mount FUSE at ${this.mountpoint}: mounted, but not in /proc/self/mountinfo`);
+      this.#connection = mounted.minor;
+      return;
+    }
     const r = await runWithFd(['mount', '-i', '-t', FUSE_FSTYPE, '-o', opts.join(','), 'obd', this.mountpoint], {
       fd: this.fd,
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),

@@ -51,6 +51,10 @@ export interface NativeBinding {
   diffRanges(diskFd: number, shadowFd: number, ranges: Float64Array, update: number): Promise<Float64Array>;
   /** Replaces this process image (execve(2)); returns `-errno` only when that fails. */
   execve(path: string, argv: string[], envp: string[]): number;
+  /** mount(2) on a pool thread: 0 or -errno (see `mount.ts` for the options). */
+  mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<number>;
+  /** Attaches a free loop device to `file` (LOOP_CONFIGURE) on a pool thread: its number, or -errno. */
+  loopAttach(file: string, readOnly: boolean, directIo: boolean): Promise<number>;
   isAllZero(buf: Uint8Array): boolean;
   /** lseek(SEEK_DATA): next data offset ≥ `offset`, -1 when none (ENXIO), < -1000 on error. */
   seekData(fd: number, offset: number): number;
