@@ -265,6 +265,18 @@ static napi_value js_decode_blocks(napi_env env, napi_callback_info info) {
   return make_i64(env, total);
 }
 
+/* Queues `execute` on a libuv pool thread and returns the promise `complete` settles. */
+static napi_value queue_work(napi_env env, const char *name, napi_async_execute_callback execute,
+                             napi_async_complete_callback complete, void *data, napi_async_work *work,
+                             napi_deferred *deferred) {
+  napi_value promise, n;
+  napi_create_promise(env, deferred, &promise);
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &n);
+  napi_create_async_work(env, NULL, n, execute, complete, data, work);
+  napi_queue_async_work(env, *work);
+  return promise;
+}
+
 static __thread ZSTD_CCtx *cctx = NULL;
 
 /*
@@ -399,12 +411,7 @@ static napi_value js_encode_blocks(napi_env env, napi_callback_info info) {
   napi_create_reference(env, argv[0], 1, &j->refs[0]);
   napi_create_reference(env, argv[2], 1, &j->refs[1]);
   napi_create_reference(env, argv[4], 1, &j->refs[2]);
-  napi_value promise, name;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "obd:encodeBlocks", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, encode_execute, encode_complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
-  return promise;
+  return queue_work(env, "obd:encodeBlocks", encode_execute, encode_complete, j, &j->work, &j->deferred);
 }
 
 /*
@@ -662,12 +669,7 @@ static napi_value js_diff_ranges(napi_env env, napi_callback_info info) {
     p->from = k == 0 ? 0 : split;
     p->to = k == 0 ? split : INFINITY;
   }
-  napi_value promise, name;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "obd:diffRanges", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, diff_execute, diff_complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
-  return promise;
+  return queue_work(env, "obd:diffRanges", diff_execute, diff_complete, j, &j->work, &j->deferred);
 }
 
 /*
@@ -839,14 +841,6 @@ static void sys_complete(napi_env env, napi_status status, void *data) {
   free(j);
 }
 
-static napi_value queue_sys(napi_env env, SysJob *j, const char *name) {
-  napi_value promise, n;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &n);
-  napi_create_async_work(env, NULL, n, sys_execute, sys_complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
-  return promise;
-}
 
 static napi_value js_mount(napi_env env, napi_callback_info info) {
   ARGS(5);
@@ -864,7 +858,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   }
   j->kind = 0;
   j->flags = (unsigned long)flags;
-  return queue_sys(env, j, "obd:mount");
+  return queue_work(env, "obd:mount", sys_execute, sys_complete, j, &j->work, &j->deferred);
 }
 
 static napi_value js_loop_attach(napi_env env, napi_callback_info info) {
@@ -884,7 +878,7 @@ static napi_value js_loop_attach(napi_env env, napi_callback_info info) {
     return NULL;
   }
   j->kind = 1;
-  return queue_sys(env, j, "obd:loopAttach");
+  return queue_work(env, "obd:loopAttach", sys_execute, sys_complete, j, &j->work, &j->deferred);
 }
 
 /* isAllZero(buf): whether every byte is zero (used by sparse export) */
