@@ -59,6 +59,21 @@ function originalHello(): Buffer {
 }
 
 /** Processes started from this one's obd (pid, parent, argv), found through /proc. */
+/** The pids of `list` whose parent chain within `list` leads to `root`. */
+function descendants(list: Array<{ pid: number; ppid: number }>, root: number): Set<number> {
+  const out = new Set<number>();
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const p of list) {
+      if (!out.has(p.pid) && (p.ppid === root || out.has(p.ppid))) {
+        out.add(p.pid);
+        grew = true;
+      }
+    }
+  }
+  return out;
+}
+
 function processes(): Array<{ pid: number; ppid: number; args: string[] }> {
   const out: Array<{ pid: number; ppid: number; args: string[] }> = [];
   for (const name of readdirSync('/proc')) {
@@ -208,6 +223,7 @@ describe('FUSE + loop', () => {
 
   test('the snapshotter mounter attaches through a standby process whose serving child was started before the request', { timeout: 120_000 }, async () => {
     const mounter = sessionDeviceMounter({ runDir });
+    let ours = new Set<number>();
     const mnt = join(dir, 'standby');
     mkdirSync(mnt);
     try {
@@ -215,7 +231,9 @@ describe('FUSE + loop', () => {
       let waiting: number[] = [];
       for (let i = 0; i < 300 && waiting.length === 0; i++) {
         await new Promise((r) => setTimeout(r, 50));
-        waiting = processes().filter((p) => p.args.includes('serve-fuse') && processes().some((q) => q.pid === p.ppid && q.args.includes('--standby'))).map((p) => p.pid);
+        const now = processes();
+        const mine = descendants(now, process.pid); // other test files may run their own
+        waiting = now.filter((p) => mine.has(p.pid) && p.args.includes('serve-fuse') && now.some((q) => q.pid === p.ppid && q.args.includes('--standby'))).map((p) => p.pid);
       }
       assert.equal(waiting.length, 1, 'one serving child waits beside the standby attach');
       await mounter.mount(LAYOUT, mnt, { writable: false, fstype: 'ext4', mountOptions: [], mkfs: false, mkfsOptions: [] });
@@ -223,16 +241,20 @@ describe('FUSE + loop', () => {
       assert.equal(session?.serverPid, waiting[0], 'the waiting child serves the device');
       assert.equal(sha256(readFileSync(join(mnt, 'hello'))), sha256(originalHello()));
     } finally {
+      // This test's obd processes (other test files may run theirs meanwhile): the
+      // standby attach and the attach it became, and their serving children.
+      ours = descendants(processes(), process.pid);
       await mounter.unmount(mnt);
       await mounter.close?.();
     }
     assertNothingLeft();
-    for (let i = 0; i < 100 && processes().some((p) => p.args.includes('--standby')); i++) await new Promise((r) => setTimeout(r, 50));
-    assert.deepEqual(
-      processes().filter((p) => p.args.includes('--standby') || p.args.includes('serve-fuse')).map((p) => p.args.join(' ')),
-      [],
-      'no standby or serving process left',
-    );
+    const alive = (): string[] => {
+      const now = processes();
+      for (const pid of [...ours]) for (const d of descendants(now, pid)) ours.add(d); // started since
+      return now.filter((p) => ours.has(p.pid)).map((p) => p.args.join(' '));
+    };
+    for (let i = 0; i < 100 && alive().length > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(alive(), [], 'no standby or serving process left');
   });
 
   test('bad configs, missing blobs and corrupt layers fail clearly and leave nothing behind', { timeout: 120_000 }, async () => {
