@@ -305,16 +305,13 @@ export class RawImageBuilder {
     const file = join(dir, 'overlaybd.commit');
     // The previous layer's commit reads the shadow: it must be done before the shadow changes.
     await this.#lastCommit;
-    let committed: Promise<string>;
-    if (options.last === true) {
-      // Nothing changes the disk again: its changed blocks are committed from it (the
-      // shadow is left as it is).
-      committed = this.#commitDiff(file, options);
-    } else {
-      const changed = await diffInto(this.#disk, this.#shadow, { size: this.#size });
-      const source = await openFileReader(join(resolve(this.#o.dir), 'shadow.img'));
-      committed = this.#commit({ source, segments: rangeSegments(changed), file }, options);
-    }
+    // The last layer's changed blocks are committed from the disk, which does not change
+    // again (the shadow is left as it is); any other layer's are copied into the shadow
+    // first, as the next apply changes the disk.
+    const last = options.last === true;
+    const changed = await diffInto(this.#disk, this.#shadow, { size: this.#size, update: !last });
+    const source = await openFileReader(join(resolve(this.#o.dir), last ? 'disk.img' : 'shadow.img'));
+    const committed = this.#commit({ source, segments: rangeSegments(changed), file }, options);
     committed.catch(() => {}); // the caller awaits it; close() waits for it
     this.#lastCommit = committed.then(
       () => {},
@@ -329,13 +326,6 @@ export class RawImageBuilder {
       zfile: { ...options.zfile, verify: true, rewriteHeader: true },
       header: { virtualSize: this.#size, uuid: options.uuid, ...(options.parentUuid !== undefined ? { parentUuid: options.parentUuid } : {}) },
     };
-  }
-
-  /** Commits the blocks of the disk that differ from the shadow, read from the disk. */
-  async #commitDiff(file: string, options: RawLayerOptions): Promise<string> {
-    const changed = await diffInto(this.#disk, this.#shadow, { size: this.#size, update: false });
-    const source = await openFileReader(join(resolve(this.#o.dir), 'disk.img'));
-    return this.#commit({ source, segments: rangeSegments(changed), file }, options);
   }
 
   /** Commits `segments` of `source` (a tar-wrapped ZFile, `overlaybd-commit -z -t`); closes `source`. */
@@ -365,7 +355,7 @@ export class RawImageBuilder {
       if (await isMountPoint(this.#mnt)) await umountFs(this.#mnt);
       this.#mounted = false;
       await detachLoop(this.#loop);
-      // A last layer's commit reads the disk through this handle.
+      // A last layer's commit still reads disk.img.
       await this.#lastCommit;
       await this.#disk.close();
       await rm(join(dir, 'disk.img'), { force: true });

@@ -51,11 +51,12 @@ const IN_FLIGHT = 3;
 const ENCODE_SLACK = 1024;
 
 /**
- * Batches of finished writers, by block size, for the next writer: on the VMs this runs
- * on, first-touch page faults cost ~4 ms per fresh MiB, more than encoding it.
+ * Idle batches by block size, taken by any writer (the next batch of this one, or the
+ * next writer's): on the VMs this runs on, first-touch page faults cost ~4 ms per fresh
+ * MiB, more than encoding it.
  */
 const spareBatches = new Map<number, Batch[]>();
-/** Batches kept per block size: one writer's worth. */
+/** Idle batches kept per block size: one writer's worth. */
 const SPARE_LIMIT = IN_FLIGHT + 1;
 
 /** A run of blocks: filled here, then encoded on a pool thread. */
@@ -89,7 +90,6 @@ export class ZFileWriter implements ByteSink {
   #batch: Batch;
   /** Batches being encoded, oldest first. */
   readonly #encoding: Batch[] = [];
-  readonly #free: Batch[] = [];
   #lengths = new Uint32Array(1024);
   #count = 0;
   #stored = 0; // sum of stored block lengths written
@@ -211,7 +211,7 @@ export class ZFileWriter implements ByteSink {
         await this.#sink.writeAt(encodeZFileHeader({ ...trailer, flags: ZFILE_FLAGS_REWRITTEN_HEADER }), 0);
       }
       this.#trailer = trailer;
-      this.#releaseBatches();
+      this.#giveBack(this.#batch);
     } finally {
       this.#busy = false;
     }
@@ -235,14 +235,13 @@ export class ZFileWriter implements ByteSink {
     return { src: new Uint8Array(this.#batchBytes), fill: 0, dst: new Uint8Array(blocks * (this.#blockSize + ENCODE_SLACK)), lengths: new Uint32Array(blocks), job: undefined };
   }
 
-  /** Gives the idle batches to the next writer. */
-  #releaseBatches(): void {
+  /** Returns an idle batch to the spares. */
+  #giveBack(batch: Batch): void {
+    batch.fill = 0;
+    batch.job = undefined;
     let spare = spareBatches.get(this.#blockSize);
     if (spare === undefined) spareBatches.set(this.#blockSize, (spare = []));
-    for (const b of [this.#batch, ...this.#free.splice(0)]) {
-      b.fill = 0;
-      if (spare.length < SPARE_LIMIT) spare.push(b);
-    }
+    if (spare.length < SPARE_LIMIT) spare.push(batch);
   }
 
   /** Hands the filled batch to the encoder, then waits until fewer than `limit` are encoding. */
@@ -252,7 +251,7 @@ export class ZFileWriter implements ByteSink {
     job.catch(() => {}); // awaited in order by #drainOne
     batch.job = job;
     this.#encoding.push(batch);
-    this.#batch = this.#free.pop() ?? this.#takeBatch();
+    this.#batch = this.#takeBatch();
     while (this.#encoding.length >= limit) await this.#drainOne();
   }
 
@@ -273,8 +272,6 @@ export class ZFileWriter implements ByteSink {
     this.#count += blocks;
     this.#stored += n;
     await this.#sink.write(batch.dst.subarray(0, n));
-    batch.fill = 0;
-    batch.job = undefined;
-    this.#free.push(batch);
+    this.#giveBack(batch);
   }
 }
